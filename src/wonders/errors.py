@@ -1,0 +1,90 @@
+"""The one exception tree of wonders.
+
+Every error that wonders raises on purpose derives from :class:`WondersError`, and every
+message says what went wrong and, where there is one, what to do about it. Foreign
+exceptions (botocore, aiohttp, OSError) are converted at the adapter that meets them and
+never leak past it.
+
+::
+
+    WondersError
+    ├── KeyFileError          a key or public bundle file is missing, unsafe or malformed
+    ├── EnvelopeError         a sealed object failed to open; ``reason`` says why
+    ├── StoreError            the mailbox (S3 or directory) failed
+    │   ├── ObjectNotFound    no object at that key
+    │   └── ObjectExists      a create-only put found the key taken
+    └── ConfigError           bad configuration or command-line input
+
+No I/O here.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "REASONS",
+    "ConfigError",
+    "EnvelopeError",
+    "KeyFileError",
+    "ObjectExists",
+    "ObjectNotFound",
+    "StoreError",
+    "WondersError",
+]
+
+
+class WondersError(Exception):
+    """Base of every error wonders raises on purpose."""
+
+
+class KeyFileError(WondersError):
+    """A private key or public bundle file cannot be used (missing, unsafe, malformed)."""
+
+
+#: Reason codes of :class:`EnvelopeError`, with what each one means. They are part of the
+#: protocol (docs/PROTOCOL.md) and of the test vectors: do not rename them.
+REASONS: Final[dict[str, str]] = {
+    "malformed": "the bytes are not a well-formed wonders object",
+    "unsupported": "the object uses a protocol version this peer does not speak",
+    "wrong-recipient": "the object was sealed to another key, or its key material was altered",
+    "tampered": "authentication failed: the object was altered, or signed by another key",
+    "unknown-sender": "the sender's key id is not registered (or not the pinned forwarder)",
+    "wrong-sender": "signed by a known key, but not by the one this mailbox belongs to",
+    "expired": "issued too long ago: its expiry time has passed",
+    "not-yet-valid": "issued in the future, beyond the allowed clock skew",
+    "not-bound": "bound to another request (a response), or stored under another id",
+    "truncated": "the body stream ended before its final segment",
+    "incomplete": "the sender ended the body stream with an error (for example a size limit)",
+}
+
+
+class EnvelopeError(WondersError):
+    """A sealed head or body segment failed to open.
+
+    Nothing from an object that raised this may be used: opening functions verify before
+    they return anything.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown envelope error reason {reason!r}")
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class StoreError(WondersError):
+    """The mailbox store failed; the message names the store and the cause."""
+
+
+class ObjectNotFound(StoreError):
+    """No object is stored at the key."""
+
+
+class ObjectExists(StoreError):
+    """A create-only put found an object already stored at the key."""
+
+
+class ConfigError(WondersError):
+    """Invalid configuration or command-line input."""

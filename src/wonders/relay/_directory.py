@@ -1,0 +1,194 @@
+"""``DirectoryStore``: the mailbox in a directory (``file:///path``), for clusters that share
+a filesystem (NFS, GPFS, Lustre) and for the zero-setup local mode.
+
+Each object is a file at ``root/<key>``. Writers publish atomically: the bytes go to a
+temporary dot-file in the target directory, which is then renamed over the key (plain put)
+or hard-linked to it (create-only: ``link`` fails if the name exists, atomically, also over
+NFS), so a reader never sees a partial object and two create-only writers never both win.
+Blocking filesystem calls run in worker threads; nothing here blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import errno
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO, Self
+
+from wonders.errors import ObjectExists, ObjectNotFound, StoreError
+from wonders.relay._store import check_key, check_prefix
+
+__all__ = ["DirectoryStore"]
+
+_TMP = ".tmp-"
+_KEY_CEILING = "\x7f"  # above every character a key may hold
+
+
+class DirectoryStore:
+    """A mailbox in a local or shared directory. The directory must exist."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+
+    @property
+    def url(self) -> str:
+        return self.root.as_uri()
+
+    def __repr__(self) -> str:
+        return f"DirectoryStore({str(self.root)!r})"
+
+    def _error(self, action: str, key: str, exc: OSError) -> StoreError:
+        cause = exc.strerror or str(exc)
+        hint = ""
+        if exc.errno == errno.ENOSPC:
+            hint = "; free some space"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            hint = f"; check the permissions of {self.root}"
+        return StoreError(f"{self.url}: cannot {action} {key}: {cause}{hint}")
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def check(self, prefix: str = "") -> None:
+        def probe() -> None:
+            if not self.root.is_dir():
+                raise StoreError(
+                    f"{self.url}: no such directory; create it or fix the mailbox URL"
+                )
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                raise StoreError(f"{self.url}: directory is not writable by this user")
+
+        await asyncio.to_thread(probe)
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------------------- write
+
+    async def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+        path = self._path(key)
+        try:
+            await asyncio.to_thread(self._put, path, data, create_only)
+        except FileExistsError:
+            raise ObjectExists(f"{self.url}: {key} already exists") from None
+        except OSError as exc:
+            raise self._error("write", key, exc) from None
+
+    def _put(self, path: Path, data: bytes, create_only: bool) -> None:
+        # A concurrent delete may remove the (empty) parent directory between mkdir and
+        # the temporary file's creation: try again a few times.
+        for attempt in range(5):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f"{_TMP}{path.name}-{secrets.token_hex(6)}"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+                continue
+            try:
+                with open(fd, "wb") as f:
+                    f.write(data)
+                if create_only:
+                    os.link(tmp, path)
+                else:
+                    os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)  # gone after a replace; a link leaves it
+            return
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            await asyncio.to_thread(self._delete, path)
+        except OSError as exc:
+            raise self._error("delete", key, exc) from None
+
+    def _delete(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        parent = path.parent
+        while parent != self.root and self.root in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or already gone): stop climbing
+                return
+            parent = parent.parent
+
+    # ----------------------------------------------------------------------- read
+
+    async def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(f"{self.url}: no object {key}") from None
+        except OSError as exc:
+            raise self._error("read", key, exc) from None
+
+    async def stream(self, key: str, *, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        path = self._path(key)
+        try:
+            f: IO[bytes] = await asyncio.to_thread(open, path, "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(f"{self.url}: no object {key}") from None
+        except OSError as exc:
+            raise self._error("read", key, exc) from None
+        try:
+            while chunk := await asyncio.to_thread(f.read, chunk_size):
+                yield chunk
+        except OSError as exc:
+            raise self._error("read", key, exc) from None
+        finally:
+            f.close()
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self._path(key).is_file)
+
+    async def list(self, prefix: str, *, start_after: str | None = None) -> AsyncIterator[str]:
+        check_prefix(prefix)
+        try:
+            keys = await asyncio.to_thread(self._list, prefix, start_after)
+        except OSError as exc:
+            raise self._error("list", prefix or "/", exc) from None
+        for key in keys:
+            yield key
+
+    def _list(self, prefix: str, start_after: str | None) -> builtins.list[str]:
+        top = prefix.rpartition("/")[0]
+        found: builtins.list[str] = []
+        pending = [top]
+        while pending:
+            rel = pending.pop()
+            try:
+                entries = builtins.list(os.scandir(self.root / rel if rel else self.root))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue  # temporary files and anything that is not a key
+                key = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    # Descend only where keys can both match the prefix and come after
+                    # start_after (every key below is < key + "/" + ceiling).
+                    inside = key + "/"
+                    if not (inside.startswith(prefix) or prefix.startswith(inside)):
+                        continue
+                    if start_after is not None and inside + _KEY_CEILING <= start_after:
+                        continue
+                    pending.append(key)
+                elif key.startswith(prefix) and (start_after is None or key > start_after):
+                    found.append(key)
+        found.sort()
+        return found

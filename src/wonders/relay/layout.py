@@ -1,0 +1,92 @@
+"""Where things live in the mailbox: the one module that spells object keys.
+
+::
+
+    requests/<client>/<id>/head          sealed request head (small bodies inline)
+    requests/<client>/<id>/body/<n>      streamed request body segments, written before the head
+    claims/<id>                          a forwarder's create-only claim on a request
+    responses/<client>/<id>/head         sealed response head
+    responses/<client>/<id>/body/<n>     streamed response body segments, the trailer last
+    audit/…                              audit batches
+    status/forwarders/<forwarder>.json   forwarder heartbeats
+
+``<n>`` is zero-padded to 8 digits so that listing order is segment order. Per-client
+prefixes let a bucket policy confine each GPU node's credentials to its own objects.
+No I/O here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from wonders.crypto import check_name
+from wonders.crypto._ids import ID_PATTERN
+
+REQUESTS: Final = "requests/"
+RESPONSES: Final = "responses/"
+CLAIMS: Final = "claims/"
+AUDIT: Final = "audit/"
+HEARTBEATS: Final = "status/forwarders/"
+_DIGITS = 8
+
+Direction = Literal["requests", "responses"]
+
+
+def _checked(client: str, request_id: str) -> tuple[str, str]:
+    check_name(client)
+    if not ID_PATTERN.fullmatch(request_id):
+        raise ValueError(f"not a request id: {request_id!r}")
+    return client, request_id
+
+
+def envelope_prefix(direction: Direction, client: str, request_id: str) -> str:
+    client, request_id = _checked(client, request_id)
+    return f"{direction}/{client}/{request_id}/"
+
+
+def head_key(direction: Direction, client: str, request_id: str) -> str:
+    return envelope_prefix(direction, client, request_id) + "head"
+
+
+def body_key(direction: Direction, client: str, request_id: str, index: int) -> str:
+    if not 0 <= index < 10**_DIGITS:
+        raise ValueError(f"segment index {index} out of range")
+    return envelope_prefix(direction, client, request_id) + f"body/{index:0{_DIGITS}d}"
+
+
+def claim_key(request_id: str) -> str:
+    if not ID_PATTERN.fullmatch(request_id):
+        raise ValueError(f"not a request id: {request_id!r}")
+    return CLAIMS + request_id
+
+
+def heartbeat_key(forwarder: str) -> str:
+    return f"{HEARTBEATS}{check_name(forwarder)}.json"
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeKey:
+    """A parsed envelope object key; ``index`` is None for the head."""
+
+    direction: Direction
+    client: str
+    request_id: str
+    index: int | None
+
+
+def parse_envelope_key(key: str) -> EnvelopeKey | None:
+    """Parse a request/response object key; None if the key is not one (junk)."""
+    parts = key.split("/")
+    if len(parts) not in (4, 5) or parts[0] not in ("requests", "responses"):
+        return None
+    direction: Direction = "requests" if parts[0] == "requests" else "responses"
+    try:
+        client, request_id = _checked(parts[1], parts[2])
+    except ValueError:
+        return None
+    if len(parts) == 4:
+        return EnvelopeKey(direction, client, request_id, None) if parts[3] == "head" else None
+    if parts[3] != "body" or len(parts[4]) != _DIGITS or not parts[4].isdigit():
+        return None
+    return EnvelopeKey(direction, client, request_id, int(parts[4]))

@@ -1,0 +1,71 @@
+"""Shared fixtures: a clean environment and a real S3 endpoint (moto's server on loopback)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from wonders.relay import DirectoryStore, S3Store, Store
+
+_SCRUBBED = (
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
+    "all_proxy", "no_proxy", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN",
+    "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "WONDERS_CONFIG",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    for name in _SCRUBBED:
+        monkeypatch.delenv(name, raising=False)
+    # moto accepts any credentials unless told otherwise; these never leave the machine.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    empty = tmp_path_factory.mktemp("aws")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty / "credentials"))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """URL of a moto S3 server on a free loopback port, for the whole session."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+_buckets = itertools.count()
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket on the moto server."""
+    name = f"wonders-test-{next(_buckets)}"
+    boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    ).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["directory", "s3"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each store backend, empty; the contract suite runs once per backend."""
+    backend: Store
+    if request.param == "directory":
+        backend = DirectoryStore(tmp_path)
+    else:
+        name = request.getfixturevalue("bucket")
+        endpoint = request.getfixturevalue("s3_endpoint")
+        backend = S3Store(name, "mailbox", endpoint_url=endpoint, max_attempts=2)
+    async with backend:
+        yield backend
