@@ -31,7 +31,7 @@ import re
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -54,6 +54,7 @@ __all__ = [
     "OpenedRequest",
     "OpenedResponse",
     "RequestHead",
+    "RequestRef",
     "ResponseHead",
     "Sealed",
     "Trailer",
@@ -663,6 +664,16 @@ class OpenedRequest:
         return BodyOpener(self._body_key, self.digest, self.sender.signing)
 
 
+class RequestRef(Protocol):
+    """What a client keeps of a request it sent: its id and head digest (a :class:`Sealed`)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def digest(self) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class OpenedResponse:
     """A verified response, bound to its request (see :class:`OpenedRequest`)."""
@@ -719,12 +730,12 @@ def open_response(
     *,
     recipient: PrivateKey,
     forwarder: PublicBundle,
-    request: Sealed,
+    request: RequestRef,
     now: float,
     skew: float = 300.0,
 ) -> OpenedResponse:
-    """Open and verify the response to ``request`` (as sealed by this client), which must
-    come from the pinned ``forwarder``."""
+    """Open and verify the response to ``request`` (the :class:`Sealed` request this client
+    stored, or anything with its ``id`` and ``digest``), from the pinned ``forwarder``."""
     opened = _open(
         data, KIND_RESPONSE, recipient,
         lambda kid: forwarder if kid == forwarder.kid else None, now, skew,
