@@ -80,17 +80,21 @@ class DirectoryStore:
     async def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
         path = self._path(key)
         try:
-            await asyncio.to_thread(self._put, path, data, create_only)
-        except FileExistsError:
-            raise ObjectExists(f"{self.url}: {key} already exists") from None
+            created = await asyncio.to_thread(self._put, path, data, create_only)
         except OSError as exc:
             raise self._error("write", key, exc) from None
+        if not created:
+            raise ObjectExists(f"{self.url}: {key} already exists")
 
-    def _put(self, path: Path, data: bytes, create_only: bool) -> None:
+    def _put(self, path: Path, data: bytes, create_only: bool) -> bool:
+        """Publish ``data`` at ``path``; False if create-only found the name taken."""
         # A concurrent delete may remove the (empty) parent directory between mkdir and
         # the temporary file's creation: try again a few times.
         for attempt in range(5):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:  # a file stands where a directory must be
+                raise NotADirectoryError(errno.ENOTDIR, "a parent is a file", path) from None
             tmp = path.parent / f"{_TMP}{path.name}-{secrets.token_hex(6)}"
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -102,12 +106,16 @@ class DirectoryStore:
                 with open(fd, "wb") as f:
                     f.write(data)
                 if create_only:
-                    os.link(tmp, path)
+                    try:
+                        os.link(tmp, path)
+                    except FileExistsError:
+                        return False
                 else:
                     os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)  # gone after a replace; a link leaves it
-            return
+            return True
+        raise AssertionError("unreachable")
 
     async def delete(self, key: str) -> None:
         path = self._path(key)

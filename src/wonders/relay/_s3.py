@@ -152,13 +152,16 @@ class S3Store:
                 "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
             ) from None
         except BotoConnectionError as exc:
-            raise StoreError(f"{self._where}: cannot reach the endpoint: {exc}") from None
+            cause = getattr(exc, "kwargs", {}).get("error") or type(exc).__name__
+            raise StoreError(f"{self._where}: cannot reach the endpoint ({cause})") from None
         except BotoCoreError as exc:
             raise StoreError(f"{self._where}: cannot {what}: {exc}") from None
 
     def _raise_client_error(self, exc: ClientError, what: str, key: str, missing: bool) -> NoReturn:
         code = _code(exc)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket":
+            raise StoreError(f"{self._where}: bucket {self.bucket!r} does not exist") from None
         if missing and (code in _MISSING_CODES or status == 404):
             raise ObjectNotFound(f"{self._where}: no object {key}") from None
         if missing and code in ("AccessDenied", "403"):
@@ -166,8 +169,6 @@ class S3Store:
                 f"{self._where}: no object {key}, or not readable (S3 answers AccessDenied "
                 "for a missing key when the credentials lack s3:ListBucket)"
             ) from None
-        if code == "NoSuchBucket":
-            raise StoreError(f"{self._where}: bucket {self.bucket!r} does not exist") from None
         if code in _CREDENTIAL_CODES:
             raise StoreError(
                 f"{self._where}: credentials rejected ({code}); check AWS_ACCESS_KEY_ID, "

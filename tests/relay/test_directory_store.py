@@ -1,0 +1,58 @@
+"""DirectoryStore behaviour beyond the contract: its files, and its errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wonders.errors import ObjectExists, StoreError
+from wonders.relay import DirectoryStore
+
+
+async def test_objects_are_plain_files_and_no_temporary_file_is_left(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    await store.put("requests/gpu01/01A/head", b"one")
+    await store.put("requests/gpu01/01A/head", b"two")
+    await store.put("claims/01A", b"c", create_only=True)
+    with pytest.raises(ObjectExists):
+        await store.put("claims/01A", b"d", create_only=True)
+    assert (tmp_path / "requests/gpu01/01A/head").read_bytes() == b"two"
+    leftovers = [p for p in tmp_path.rglob(".*")]
+    assert leftovers == []
+
+
+async def test_temporary_and_dot_files_are_never_listed(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    await store.put("requests/a/head", b"x")
+    (tmp_path / "requests/a/.tmp-head-123").write_bytes(b"partial")
+    (tmp_path / ".nfs0001").write_bytes(b"")
+    assert [k async for k in store.list("")] == ["requests/a/head"]
+
+
+async def test_delete_removes_empty_directories_up_to_the_root(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    await store.put("responses/gpu01/01A/body/00000000", b"x")
+    await store.put("responses/gpu01/01B/head", b"x")
+    await store.delete("responses/gpu01/01A/body/00000000")
+    assert not (tmp_path / "responses/gpu01/01A").exists()
+    assert (tmp_path / "responses/gpu01/01B/head").exists()
+    await store.delete("responses/gpu01/01B/head")
+    assert list(tmp_path.iterdir()) == []
+    assert tmp_path.is_dir()
+
+
+async def test_check_names_a_missing_directory(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "nope")
+    with pytest.raises(StoreError, match=r"no such directory; create it") as info:
+        await store.check()
+    assert (tmp_path / "nope").as_uri() in str(info.value)
+
+
+async def test_a_file_in_the_way_of_a_directory_is_a_clear_error(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    await store.put("requests/a", b"x")
+    with pytest.raises(StoreError, match=r"cannot write requests/a/head: .*file") as info:
+        await store.put("requests/a/head", b"y")
+    assert not isinstance(info.value, ObjectExists)
+    assert "\n" not in str(info.value)
