@@ -303,3 +303,13 @@ def test_sealer_limits(fw: PrivateKey, gpu01: PrivateKey) -> None:
 def test_invalid_heads_cannot_be_built(make: object) -> None:
     with pytest.raises(ValueError, match="invalid"):
         make()  # type: ignore[operator]
+
+
+def test_duplicate_json_members_are_malformed() -> None:
+    """Two parsers that keep the first or the last duplicate would disagree on what was
+    signed; a duplicate is refused outright."""
+    from wonders.crypto._envelope import _strict_json
+
+    with pytest.raises(EnvelopeError, match="duplicate key 'url'") as info:
+        _strict_json(b'{"url": "https://a/", "url": "https://b/"}', "request head")
+    assert _reason(info) == "malformed"

@@ -201,6 +201,10 @@ def main() -> None:
                          recipient=FW.public.encryption, body=b"", ephemeral=eph("forged"))
     case("resigned-by-another-client", "names gpu01 as sender but is signed by gpu02",
          forged, reason="tampered")
+    future, _, _ = _seal(KIND_REQUEST, {**doc, "v": 2}, sender=GPU01.signing,
+                         recipient=FW.public.encryption, body=b"", ephemeral=eph("v2"))
+    case("head-version-2", "a well-sealed head that declares envelope version 2",
+         future, reason="unsupported")
     case("expired", "opened 601 s after issue: lifetime 300 s plus skew 300 s passed",
          data, now=NOW + 601, reason="expired")
     case("not-yet-valid", "opened 301 s before its issue time (skew 300 s)",

@@ -503,9 +503,15 @@ def seal_response(
 # ---------------------------------------------------------------------------- opening
 
 
+Lookup = Callable[[str], PublicBundle | None]
+#: Kind-specific checks run after the signature verifies (docs/PROTOCOL.md §7, rules 10-11).
+Binding = Callable[[dict[str, Any], PublicBundle], None]
+
+
 @dataclass(frozen=True, slots=True)
 class _Opened:
     doc: dict[str, Any]
+    head: RequestHead | ResponseHead
     sender: PublicBundle
     digest: bytes
     body_key: bytes
@@ -528,11 +534,14 @@ def _open(
     data: bytes,
     kind: int,
     recipient: PrivateKey,
-    lookup: Callable[[str], PublicBundle | None],
+    lookup: Lookup,
+    bind: Binding,
     now: float,
     skew: float,
 ) -> _Opened:
+    """Apply the rules of docs/PROTOCOL.md §7, in its order."""
     name = _KIND_NAMES[kind]
+    # 1-3: framing
     if len(data) < _FIXED + 4:
         raise _fail("malformed", f"{len(data)} bytes is too short for a {name} head")
     if data[: len(MAGIC)] != MAGIC:
@@ -551,6 +560,7 @@ def _open(
         shared = recipient.encryption.exchange(X25519PublicKey.from_public_bytes(eph_pub))
     except ValueError:
         raise _fail("malformed", "ephemeral key is not a usable X25519 point") from None
+    # 4-5: key check and decryption
     recipient_pub = recipient.public.encryption_bytes
     keys = _schedule(shared, eph_pub, recipient_pub, kind)
     if not hmac.compare_digest(keys.check, check):
@@ -561,9 +571,11 @@ def _open(
         )
     except InvalidTag:
         raise _fail("tampered", f"{name} head does not authenticate") from None
+    # 6: members
     sig, head_json = plain[:_SIG], plain[_SIG:]
     doc = _strict_json(head_json, f"{name} head")
-    _check_common(doc, name)
+    head = _check_members(doc, name)
+    # 7-9: recipient, sender, signature
     if doc["recipient"] != recipient.kid:
         raise _fail("wrong-recipient", f"{name} names recipient {doc['recipient']}")
     sender = lookup(doc["sender"])
@@ -577,26 +589,29 @@ def _open(
             "tampered", f"{name} signature does not verify with {sender.name}'s key"
         ) from None
     digest = hashlib.sha256(signed).digest()
-
+    # 10-11: mailbox owner and binding
+    bind(doc, sender)
+    # 12-13: time
     issued, expires = doc["issued"] / 1000, doc["expires"] / 1000
     if now + skew < issued:
         raise _fail("not-yet-valid", f"{name} issued {issued - now:.0f} s in the future")
     if now - skew > expires:
         raise _fail("expired", f"{name} expired {now - expires:.0f} s ago")
-
+    # 14: body
     inline: bytes | None = None
-    rest = data[body_start:]
     if doc["body"] == "stream":
-        if rest:
+        if body_start != len(data):
             raise _fail("malformed", "bytes after a head whose body is streamed")
     else:
         opener = BodyOpener(keys.body, digest, sender.signing)
         inline = b"".join(opener.feed(seg) for seg in _split_inline(data, body_start))
         opener.close()
-    return _Opened(doc, sender, digest, keys.body, inline)
+    return _Opened(doc, head, sender, digest, keys.body, inline)
 
 
-def _check_common(doc: dict[str, Any], name: str) -> None:
+def _check_members(doc: dict[str, Any], name: str) -> RequestHead | ResponseHead:
+    """Rule 6: every member present, well typed and valid; returns the HTTP part."""
+
     def bad(what: str) -> EnvelopeError:
         return _fail("malformed", f"{name} head: {what}")
 
@@ -615,22 +630,22 @@ def _check_common(doc: dict[str, Any], name: str) -> None:
         raise bad("expires before it is issued")
     if doc.get("body") not in ("inline", "stream"):
         raise bad("body must be 'inline' or 'stream'")
-    headers = doc.get("headers")
-    if not isinstance(headers, list):
-        raise bad("headers must be a list")
+    raw_headers = doc.get("headers")
+    if not (
+        isinstance(raw_headers, list)
+        and all(isinstance(h, list) and len(h) == 2 for h in raw_headers)
+    ):
+        raise bad("headers must be a list of [name, value] pairs")
+    headers = tuple((h[0], h[1]) for h in raw_headers)
     try:
-        _check_headers(_as_headers(headers))
+        if name == "request":
+            return RequestHead(doc.get("method"), doc.get("url"), headers)  # type: ignore[arg-type]
+        request = doc.get("request")
+        if not (isinstance(request, str) and _HEX64.fullmatch(request)):
+            raise ValueError("missing or invalid request digest")
+        return ResponseHead(doc.get("status"), doc.get("reason"), headers)  # type: ignore[arg-type]
     except (ValueError, TypeError) as exc:
         raise bad(str(exc)) from None
-
-
-def _as_headers(raw: list[Any]) -> Headers:
-    if not all(isinstance(h, list) and len(h) == 2 for h in raw):
-        raise ValueError("each header must be a [name, value] pair")
-    return tuple((h[0], h[1]) for h in raw)
-
-
-Lookup = Callable[[str], PublicBundle | None]
 
 
 def _lookup(senders: Mapping[str, PublicBundle] | Lookup) -> Lookup:
@@ -707,20 +722,20 @@ def open_request(
     ``expected_id`` are what the mailbox key says (``requests/<client>/<id>/head``): a head
     signed by another registered client, or copied under another id, is refused.
     """
-    opened = _open(data, KIND_REQUEST, recipient, _lookup(senders), now, skew)
+
+    def bind(doc: dict[str, Any], sender: PublicBundle) -> None:
+        if expected_sender is not None and sender.kid != expected_sender:
+            raise _fail(
+                "wrong-sender", f"request signed by {sender.name}, not the mailbox owner"
+            )
+        if expected_id is not None and doc["id"] != expected_id:
+            raise _fail("not-bound", f"request id {doc['id']} stored under id {expected_id}")
+
+    opened = _open(data, KIND_REQUEST, recipient, _lookup(senders), bind, now, skew)
+    assert isinstance(opened.head, RequestHead)
     doc = opened.doc
-    if expected_sender is not None and opened.sender.kid != expected_sender:
-        raise _fail(
-            "wrong-sender", f"request signed by {opened.sender.name}, not the mailbox owner"
-        )
-    if expected_id is not None and doc["id"] != expected_id:
-        raise _fail("not-bound", f"request id {doc['id']} stored under id {expected_id}")
-    try:
-        head = RequestHead(doc.get("method"), doc.get("url"), _as_headers(doc["headers"]))  # type: ignore[arg-type]
-    except (ValueError, TypeError) as exc:
-        raise _fail("malformed", f"request head: {exc}") from None
     return OpenedRequest(
-        doc["id"], opened.sender, doc["issued"] / 1000, doc["expires"] / 1000, head,
+        doc["id"], opened.sender, doc["issued"] / 1000, doc["expires"] / 1000, opened.head,
         opened.digest, opened.inline, opened.body_key,
     )
 
@@ -736,21 +751,19 @@ def open_response(
 ) -> OpenedResponse:
     """Open and verify the response to ``request`` (the :class:`Sealed` request this client
     stored, or anything with its ``id`` and ``digest``), from the pinned ``forwarder``."""
-    opened = _open(
-        data, KIND_RESPONSE, recipient,
-        lambda kid: forwarder if kid == forwarder.kid else None, now, skew,
-    )
+
+    def bind(doc: dict[str, Any], sender: PublicBundle) -> None:
+        digest = bytes.fromhex(doc["request"])
+        if not hmac.compare_digest(digest, request.digest) or doc["id"] != request.id:
+            raise _fail("not-bound", f"response to request {doc['id']}, not to {request.id}")
+
+    def pinned(kid: str) -> PublicBundle | None:
+        return forwarder if kid == forwarder.kid else None
+
+    opened = _open(data, KIND_RESPONSE, recipient, pinned, bind, now, skew)
+    assert isinstance(opened.head, ResponseHead)
     doc = opened.doc
-    bound = doc.get("request")
-    if not (isinstance(bound, str) and _HEX64.fullmatch(bound)):
-        raise _fail("malformed", "response head: missing or invalid request digest")
-    if not hmac.compare_digest(bytes.fromhex(bound), request.digest) or doc["id"] != request.id:
-        raise _fail("not-bound", f"response to request {doc['id']}, not to {request.id}")
-    try:
-        head = ResponseHead(doc.get("status"), doc.get("reason"), _as_headers(doc["headers"]))  # type: ignore[arg-type]
-    except (ValueError, TypeError) as exc:
-        raise _fail("malformed", f"response head: {exc}") from None
     return OpenedResponse(
-        doc["id"], opened.sender, doc["issued"] / 1000, doc["expires"] / 1000, head,
+        doc["id"], opened.sender, doc["issued"] / 1000, doc["expires"] / 1000, opened.head,
         opened.digest, opened.inline, opened.body_key,
     )
