@@ -313,3 +313,13 @@ def test_duplicate_json_members_are_malformed() -> None:
     with pytest.raises(EnvelopeError, match="duplicate key 'url'") as info:
         _strict_json(b'{"url": "https://a/", "url": "https://b/"}', "request head")
     assert _reason(info) == "malformed"
+
+
+def test_a_long_error_message_still_reads_as_incomplete(fw: PrivateKey, gpu01: PrivateKey) -> None:
+    sealed = _request(gpu01, fw, body=None)
+    assert sealed.body is not None
+    trailer = sealed.body.finish(error="limit \U0001f600\u00e9\x00" * 2000)  # escapes grow it
+    opener = _open(sealed.data, fw, gpu01).body_opener()
+    with pytest.raises(EnvelopeError, match="ended the body early: limit") as info:
+        opener.feed(trailer)
+    assert _reason(info) == "incomplete"

@@ -238,7 +238,11 @@ class BodySealer:
         if self._finished:
             raise ValueError("body already finished")
         self._finished = True
-        body = _trailer_json(self._length, self._index, self._hash.digest(), error)
+        digest = self._hash.digest()
+        body = _trailer_json(self._length, self._index, digest, error)
+        while error and len(body) > MAX_TRAILER - _SIG:  # JSON escapes can be 12 bytes a char
+            error = error[: len(error) // 2]
+            body = _trailer_json(self._length, self._index, digest, error)
         sig = self._signer.sign(_TRAILER_SIG_DOMAIN + self._aad + body)
         ct = self._aead.encrypt(_nonce(self._index, _FLAG_FINAL), sig + body, self._aad)
         return bytes([_FLAG_FINAL]) + ct

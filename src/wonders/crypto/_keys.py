@@ -259,23 +259,22 @@ def load_private_key(path: str | os.PathLike[str]) -> PrivateKey:
     return parse_private_key(_read(p, "private key"), str(p))
 
 
+def _create(path: Path, data: bytes, mode: int) -> None:
+    """Write a new file with ``mode`` (O_EXCL: never an existing one)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _write_new(path: Path, data: bytes, mode: int, force: bool) -> None:
     """Write ``data`` to a new file with ``mode``; with ``force``, replace atomically."""
     if not force:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _create(path, data, mode)
         return
     tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _create(tmp, data, mode)
     os.replace(tmp, path)
 
 
