@@ -61,3 +61,91 @@ def test_the_installed_command_runs(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "fw1.pub").exists()
+
+
+def _policy(tmp_path: Path, text: str) -> Path:
+    runner = CliRunner()
+    for name in ("gpu01", "gpu02"):
+        assert runner.invoke(main, ["keygen", name, "--out", str(tmp_path)]).exit_code == 0
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    return path
+
+
+POLICY = """
+[clients.gpu01]
+bundle = "gpu01.pub"
+allow = ["*.hf.co", "pypi.org"]
+
+[clients.gpu02]
+bundle = "gpu02.pub"
+allow = ["pypi.org"]
+mode = "report"
+"""
+
+
+def test_policy_check_validates_a_file(tmp_path: Path) -> None:
+    path = _policy(tmp_path, POLICY)
+    result = CliRunner().invoke(main, ["policy", "check", "--policy", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "valid; clients: gpu01, gpu02" in result.output
+
+
+def test_policy_check_invalid_file_exits_2_with_the_key_path(tmp_path: Path) -> None:
+    path = _policy(tmp_path, POLICY.replace('allow = ["pypi.org"]', 'alow = ["pypi.org"]'))
+    result = CliRunner().invoke(main, ["policy", "check", "--policy", str(path)])
+    assert result.exit_code == 2
+    assert result.output == (
+        f"wonders: error: {path}: clients.gpu02.alow: unknown key (did you mean 'allow'?); "
+        "known keys: bundle, allow, deny, not_before, not_after, methods, ports, schemes, "
+        "max_request_bytes, max_response_bytes, rate_per_minute, max_concurrent, "
+        "egress_bytes_per_day, mode, allow_private, follow_redirects\n"
+    )
+
+
+def test_policy_check_decides_urls_and_names_rules(tmp_path: Path) -> None:
+    path = _policy(tmp_path, POLICY)
+    runner = CliRunner()
+    ok = runner.invoke(main, ["policy", "check", "--policy", str(path), "--client", "gpu01",
+                              "https://cdn.hf.co/x", "https://pypi.org/simple/"])
+    assert ok.exit_code == 0, ok.output
+    assert ok.output.splitlines() == [
+        'ALLOW  GET https://cdn.hf.co/x  [client gpu01: allow[0] "*.hf.co"]  cdn.hf.co is allowed',
+        'ALLOW  GET https://pypi.org/simple/  [client gpu01: allow[1] "pypi.org"]  '
+        "pypi.org is allowed",
+    ]
+    denied = runner.invoke(main, ["policy", "check", "--policy", str(path), "--client", "gpu01",
+                                  "--method", "post", "https://hf.co/", "https://pypi.org/"])
+    assert denied.exit_code == 1
+    assert denied.output.splitlines()[0].startswith(
+        "DENY   POST https://hf.co/  [client gpu01: default deny]"
+    )
+    report = runner.invoke(main, ["policy", "check", "--policy", str(path), "--client", "gpu02",
+                                  "https://example.org/"])
+    assert report.exit_code == 0
+    assert report.output.startswith("REPORT GET https://example.org/")
+
+
+def test_policy_check_resolve_applies_the_address_guard(tmp_path: Path) -> None:
+    path = _policy(tmp_path, POLICY.replace('"pypi.org"]\n\n', '"pypi.org", "localhost"]\n\n', 1))
+    runner = CliRunner()
+    plain = runner.invoke(main, ["policy", "check", "--policy", str(path), "--client", "gpu01",
+                                 "http://localhost/"])
+    assert plain.exit_code == 0, plain.output
+    guarded = runner.invoke(main, ["policy", "check", "--policy", str(path), "--client", "gpu01",
+                                   "--resolve", "http://localhost/"])
+    assert guarded.exit_code == 1
+    assert "[address guard: loopback]" in guarded.output
+    assert "localhost resolves to" in guarded.output
+
+
+def test_policy_check_needs_a_known_client_for_urls(tmp_path: Path) -> None:
+    path = _policy(tmp_path, POLICY)
+    runner = CliRunner()
+    missing = runner.invoke(main, ["policy", "check", "--policy", str(path), "https://x/"])
+    assert missing.exit_code == 2
+    assert "--client is required" in missing.output
+    unknown = runner.invoke(main, ["policy", "check", "--policy", str(path), "--client", "gpu9",
+                                   "https://x/"])
+    assert unknown.exit_code == 2
+    assert "client 'gpu9' is not in" in unknown.output

@@ -19,3 +19,34 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "GET https://huggingface.co/api/models/gpt2\n"
+
+
+def test_readme_policy_example_loads_and_decides_as_shown(tmp_path: Path) -> None:
+    """The policy file in the README is valid, and its check output is what it shows."""
+    from click.testing import CliRunner
+
+    from wonders.cli import main
+
+    text = README.read_text()
+    policy = re.search(r"```toml\n# policy.toml\n(.*?)```", text, flags=re.DOTALL)
+    assert policy is not None
+    (tmp_path / "keys").mkdir()
+    runner = CliRunner()
+    for name in ("gpu01", "setup-job"):
+        done = runner.invoke(main, ["keygen", name, "--out", str(tmp_path / "keys")])
+        assert done.exit_code == 0
+    (tmp_path / "policy.toml").write_text(policy.group(1))
+    valid = re.search(r"\$ wonders policy check --policy policy.toml\n(.*)\n", text)
+    assert valid is not None
+    check = runner.invoke(main, ["policy", "check", "--policy", str(tmp_path / "policy.toml")])
+    assert check.exit_code == 0
+    expected = valid.group(1).replace("policy.toml", str(tmp_path / "policy.toml"), 1)
+    assert check.output == expected + "\n"
+    shown = re.search(r"\$ (wonders policy check --policy policy.toml --client gpu01 .*)\n"
+                      r"((?:(?:ALLOW|DENY).*\n)+)", text)
+    assert shown is not None
+    args = shown.group(1).split()[1:]
+    args[args.index("policy.toml")] = str(tmp_path / "policy.toml")
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1
+    assert result.output == shown.group(2)

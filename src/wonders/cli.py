@@ -1,19 +1,26 @@
 """The ``wonders`` command.
 
 Errors that wonders raises on purpose (:class:`~wonders.errors.WondersError`) end the
-command with one line on stderr and exit status 1; bad usage exits 2 (click's rule).
+command with one line on stderr and the error's exit status: 1 for a failure, 2 for input
+to fix (bad usage, configuration or policy, as click does for usage).
 """
 
 from __future__ import annotations
 
+import socket
 import sys
+import time
+from ipaddress import ip_address
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
 from wonders import __version__
 from wonders.crypto import PrivateKey, check_name, write_key_files
 from wonders.errors import WondersError
+from wonders.relay.addresses import IPAddress, parse_ip_literal
+from wonders.relay.policy import Decision, Policy, load_policy
 
 
 class _Group(click.Group):
@@ -22,7 +29,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except WondersError as exc:
             click.echo(f"wonders: error: {exc}", err=True)
-            sys.exit(1)
+            sys.exit(exc.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,6 +67,75 @@ def keygen(name: str, out_dir: Path, force: bool) -> None:
     key_path, pub_path = write_key_files(key, out_dir, force=force)
     click.echo(f"wrote {key_path} (private, keep it here) and {pub_path} (public bundle)")
     click.echo(f"key id: {key.kid}")
+
+
+@main.group()
+def policy() -> None:
+    """Check and explain the egress policy."""
+
+
+def _resolve(host: str) -> list[IPAddress]:
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return []
+    return list(dict.fromkeys(ip_address(info[4][0]) for info in infos))
+
+
+def _explain(
+    rules: Policy, client: str, method: str, url: str, now: float, resolve: bool
+) -> Decision:
+    decision = rules.decide(client, method, url, now=now)
+    if not (resolve and decision.allowed):
+        return decision
+    host = urlsplit(url).hostname or ""
+    try:
+        if parse_ip_literal(host) is not None:
+            return decision  # decide() already applied the address guard
+    except ValueError:
+        return decision
+    guarded = rules.guard(client, host, _resolve(host))
+    return decision if guarded.decision.allowed else guarded.decision
+
+
+@policy.command("check")
+@click.option("--policy", "policy_file", required=True, type=click.Path(path_type=Path),
+              help="The policy file (TOML).")
+@click.option("--client", help="The client whose requests to decide (needed with URLs).")
+@click.option("--method", default="GET", show_default=True, help="The HTTP method.")
+@click.option("--resolve", is_flag=True,
+              help="Also look the host names up in DNS and apply the private-address guard.")
+@click.argument("urls", nargs=-1)
+def policy_check(
+    policy_file: Path, client: str | None, method: str, resolve: bool, urls: tuple[str, ...]
+) -> None:
+    """Validate a policy file, or decide URLs for a client and name the rule for each.
+
+    Without URLs, only validates the file. With URLs, prints one line per URL:
+    the decision (ALLOW, DENY, or REPORT for allowed-but-would-deny in report mode), the
+    URL and the rule that decided. Exits 0 if every URL is allowed, 1 otherwise; an
+    invalid policy file exits 2. Without --resolve no DNS lookup is made, so host names
+    are decided by the allow/deny rules alone (IP-literal hosts always meet the guard).
+    """
+    rules = load_policy(policy_file)
+    if not urls:
+        names = ", ".join(rules.clients) or "none"
+        click.echo(f"{policy_file}: valid; clients: {names}; digest {rules.digest[:16]}")
+        return
+    if client is None:
+        raise click.UsageError("--client is required to decide URLs")
+    if client not in rules.clients:
+        raise click.UsageError(
+            f"client {client!r} is not in {policy_file} (clients: {', '.join(rules.clients)})"
+        )
+    now = time.time()
+    all_allowed = True
+    for url in urls:
+        decision = _explain(rules, client, method.upper(), url, now, resolve)
+        all_allowed &= decision.allowed
+        click.echo(f"{decision.action.upper():<6} {method.upper()} {url}  [{decision.rule}]"
+                   f"  {decision.reason}")
+    sys.exit(0 if all_allowed else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,10 @@ never leak past it.
     │   ├── ObjectNotFound    no object at that key
     │   └── ObjectExists      a create-only put found the key taken
     └── ConfigError           bad configuration or command-line input
+        └── PolicyError       the egress policy file is invalid (names the key path)
+
+``exit_code`` is the status the ``wonders`` command exits with: 1 for a failure, 2 for
+input that must be fixed before anything can run (configuration, policy).
 
 No I/O here.
 """
@@ -29,6 +33,7 @@ __all__ = [
     "KeyFileError",
     "ObjectExists",
     "ObjectNotFound",
+    "PolicyError",
     "StoreError",
     "WondersError",
 ]
@@ -36,6 +41,8 @@ __all__ = [
 
 class WondersError(Exception):
     """Base of every error wonders raises on purpose."""
+
+    exit_code: int = 1
 
 
 class KeyFileError(WondersError):
@@ -88,3 +95,9 @@ class ObjectExists(StoreError):
 
 class ConfigError(WondersError):
     """Invalid configuration or command-line input."""
+
+    exit_code = 2
+
+
+class PolicyError(ConfigError):
+    """The egress policy cannot be loaded; the message names the file and the key path."""
