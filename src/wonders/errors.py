@@ -13,6 +13,9 @@ never leak past it.
     ├── StoreError            the mailbox (S3 or directory) failed
     │   ├── ObjectNotFound    no object at that key
     │   └── ObjectExists      a create-only put found the key taken
+    ├── RelayError            a relayed request got no usable answer; ``status`` for the app
+    │   ├── NoForwarder       no forwarder heartbeat is fresh (503)
+    │   └── RelayTimeout      no answer, or the answer stalled, within the deadline (504)
     └── ConfigError           bad configuration or command-line input
         └── PolicyError       the egress policy file is invalid (names the key path)
 
@@ -31,9 +34,12 @@ __all__ = [
     "ConfigError",
     "EnvelopeError",
     "KeyFileError",
+    "NoForwarder",
     "ObjectExists",
     "ObjectNotFound",
     "PolicyError",
+    "RelayError",
+    "RelayTimeout",
     "StoreError",
     "WondersError",
 ]
@@ -91,6 +97,32 @@ class ObjectNotFound(StoreError):
 
 class ObjectExists(StoreError):
     """A create-only put found an object already stored at the key."""
+
+
+class RelayError(WondersError):
+    """A relayed request got no usable answer.
+
+    Attributes:
+        status: the HTTP status an application should see (502, 503, 504).
+        code: the ``X-Wonders-Error`` value naming the case.
+    """
+
+    status = 502
+    code = "relay-error"
+
+
+class NoForwarder(RelayError):
+    """No forwarder has written a fresh heartbeat: nothing would answer."""
+
+    status = 503
+    code = "no-forwarder"
+
+
+class RelayTimeout(RelayError):
+    """The forwarder did not answer, or its answer stalled, before the deadline."""
+
+    status = 504
+    code = "timeout"
 
 
 class ConfigError(WondersError):

@@ -4,7 +4,8 @@
 
     requests/<client>/<id>/head          sealed request head (small bodies inline)
     requests/<client>/<id>/body/<n>      streamed request body segments, written before the head
-    claims/<id>                          a forwarder's create-only claim on a request
+    claims/<id>/<attempt>                a forwarder's create-only claim (attempt 0000, 0001, …)
+    claims/<id>/done                     written once the request is answered; kept until expiry
     responses/<client>/<id>/head         sealed response head
     responses/<client>/<id>/body/<n>     streamed response body segments, the trailer last
     audit/…                              audit batches
@@ -55,10 +56,22 @@ def body_key(direction: Direction, client: str, request_id: str, index: int) -> 
     return envelope_prefix(direction, client, request_id) + f"body/{index:0{_DIGITS}d}"
 
 
-def claim_key(request_id: str) -> str:
+def claim_prefix(request_id: str) -> str:
     if not ID_PATTERN.fullmatch(request_id):
         raise ValueError(f"not a request id: {request_id!r}")
-    return CLAIMS + request_id
+    return f"{CLAIMS}{request_id}/"
+
+
+def claim_key(request_id: str, attempt: int) -> str:
+    """Attempt ``n`` at claiming a request; a takeover creates attempt ``n + 1``."""
+    if not 0 <= attempt < 10_000:
+        raise ValueError(f"claim attempt {attempt} out of range")
+    return f"{claim_prefix(request_id)}{attempt:04d}"
+
+
+def done_key(request_id: str) -> str:
+    """Marks a request answered, so a copied head is never executed again."""
+    return claim_prefix(request_id) + "done"
 
 
 def heartbeat_key(forwarder: str) -> str:

@@ -1,0 +1,334 @@
+"""``RelayClient``: the GPU side of the protocol, as a Python API.
+
+It seals a request, puts it in the client's mailbox, waits for the sealed response, opens
+it, and streams the body back segment by segment, each verified before it is released.
+The proxy uses it for every flow; tests use it directly.
+
+One poll loop per client serves every waiting request: one LIST of
+``responses/<client>/`` per interval (never one poll per request), fast while responses
+arrive and slower while nothing happens. Before a request goes out, and while it waits,
+the client checks the forwarders' signed heartbeats, so with no forwarder alive it fails
+at once (:class:`~wonders.errors.NoForwarder`, 503) instead of after the whole timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Self
+
+from wonders.crypto import (
+    MAX_SEGMENT,
+    BodyOpener,
+    Headers,
+    OpenedResponse,
+    PrivateKey,
+    PublicBundle,
+    RequestHead,
+    Sealed,
+    new_request_id,
+    open_response,
+    seal_request,
+)
+from wonders.errors import NoForwarder, ObjectNotFound, RelayTimeout, StoreError
+from wonders.relay import layout
+from wonders.relay._polling import Backoff, wait_event
+from wonders.relay._store import Store
+from wonders.relay.records import parse_heartbeat
+
+__all__ = ["RelayClient", "RelayResponse"]
+
+log = logging.getLogger("wonders.client")
+
+Body = bytes | AsyncIterable[bytes]
+
+
+@dataclass
+class _Waiter:
+    """Keys seen so far under one request's response prefix."""
+
+    request_id: str
+    keys: set[str] = field(default_factory=set)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class RelayClient:
+    """Send requests through a mailbox and receive their verified responses.
+
+    Args:
+        store: the mailbox.
+        key: this client's private key; its name is the mailbox prefix.
+        forwarder: the pinned forwarder bundle; responses from any other key are refused.
+        clock: Unix seconds (injected for tests).
+        poll_fast, poll_slow: the poll interval range, seconds.
+        lifetime: how long a sealed request stays valid, seconds.
+        inline_limit: request bodies up to this size travel inside the head object.
+        stale_after: a heartbeat older than this (seconds) does not count as alive.
+        heartbeat_check: how often (seconds) to re-read heartbeats.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        key: PrivateKey,
+        forwarder: PublicBundle,
+        *,
+        clock: Callable[[], float] = time.time,
+        poll_fast: float = 0.01,
+        poll_slow: float = 1.0,
+        lifetime: float = 300.0,
+        inline_limit: int = 256 * 1024,
+        segment_size: int = 1024 * 1024,
+        stale_after: float = 30.0,
+        heartbeat_check: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.forwarder = forwarder
+        self.clock = clock
+        self.lifetime = lifetime
+        self.inline_limit = inline_limit
+        self.segment_size = min(segment_size, MAX_SEGMENT)
+        self.stale_after = stale_after
+        self.heartbeat_check = heartbeat_check
+        self._backoff = Backoff(poll_fast, poll_slow)
+        self._waiters: dict[str, _Waiter] = {}
+        self._wake = asyncio.Event()
+        self._poller: asyncio.Task[None] | None = None
+        self._alive_at = -float("inf")
+        self._alive = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+
+    # ------------------------------------------------------------------- liveness
+
+    async def forwarder_alive(self, *, refresh: bool = False) -> bool:
+        """Whether a forwarder signed by the pinned key wrote a fresh heartbeat."""
+        now = self.clock()
+        if not refresh and now - self._alive_at < self.heartbeat_check:
+            return self._alive
+        alive = False
+        async for key in self.store.list(layout.HEARTBEATS):
+            try:
+                beat = parse_heartbeat(await self.store.get(key), self.forwarder)
+            except ObjectNotFound:
+                continue
+            if beat is not None and beat.fresh(now, self.stale_after):
+                alive = True
+                break
+        self._alive, self._alive_at = alive, now
+        return alive
+
+    async def _require_forwarder(self, refresh: bool = False) -> None:
+        if not await self.forwarder_alive(refresh=refresh):
+            raise NoForwarder(
+                f"no forwarder is alive on {self.store.url}: no heartbeat signed by "
+                f"{self.forwarder.name} ({self.forwarder.kid}) in the last "
+                f"{self.stale_after:.0f} s; start one with 'wonders forward'"
+            )
+
+    # ------------------------------------------------------------------- polling
+
+    def _ensure_poller(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll(), name="wonders-client-poll")
+
+    async def _poll(self) -> None:
+        prefix = f"{layout.RESPONSES}{self.key.name}/"
+        while True:
+            if not self._waiters:
+                self._wake.clear()
+                await self._wake.wait()
+                self._backoff.reset()
+            self._wake.clear()
+            found: dict[str, set[str]] = {}
+            try:
+                async for key in self.store.list(prefix):
+                    parsed = layout.parse_envelope_key(key)
+                    if parsed is not None and parsed.request_id in self._waiters:
+                        found.setdefault(parsed.request_id, set()).add(key)
+            except StoreError as exc:  # keep polling; waiters have their own deadlines
+                log.warning("polling %s failed: %s", prefix, exc)
+            changed = False
+            for request_id, keys in found.items():
+                waiter = self._waiters.get(request_id)
+                if waiter is not None and not keys <= waiter.keys:
+                    waiter.keys |= keys
+                    waiter.changed.set()
+                    changed = True
+            interval = self._backoff.reset() if changed else self._backoff.next()
+            await wait_event(self._wake, interval)
+
+    async def _wait_for(self, waiter: _Waiter, key: str, deadline: float, what: str) -> None:
+        loop = asyncio.get_running_loop()
+        while key not in waiter.keys:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise RelayTimeout(f"no {what} for request {waiter.request_id} in time")
+            waiter.changed.clear()
+            if key in waiter.keys:
+                break
+            if not await wait_event(waiter.changed, min(remaining, self.heartbeat_check)):
+                await self._require_forwarder()
+
+    # ------------------------------------------------------------------- requests
+
+    async def _put_body(self, sealed: Sealed, body: Body) -> None:
+        assert sealed.body is not None
+        index = 0
+
+        async def put(data: bytes) -> None:
+            nonlocal index
+            key = layout.body_key("requests", self.key.name, sealed.id, index)
+            await self.store.put(key, data)
+            index += 1
+
+        buffer = bytearray()
+        chunks: AsyncIterable[bytes] = _once(body) if isinstance(body, bytes) else body
+        async for chunk in chunks:
+            buffer += chunk
+            while len(buffer) >= self.segment_size:
+                await put(sealed.body.seal(bytes(buffer[: self.segment_size])))
+                del buffer[: self.segment_size]
+        if buffer:
+            await put(sealed.body.seal(bytes(buffer)))
+        await put(sealed.body.finish())
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Headers = (),
+        body: Body = b"",
+        *,
+        timeout: float = 300.0,  # noqa: ASYNC109 (a deadline for the answer, documented)
+    ) -> RelayResponse:
+        """Relay one request and return its verified response head.
+
+        The body is read with :meth:`RelayResponse.iter_body` (or ``read``); close the
+        response to delete it from the mailbox. Raises NoForwarder (503), RelayTimeout
+        (504), EnvelopeError (a response that fails verification), StoreError.
+        """
+        head = RequestHead(method, url, tuple(headers))
+        await self._require_forwarder()
+        now = self.clock()
+        request_id = new_request_id(now)
+        inline = isinstance(body, bytes) and len(body) <= self.inline_limit
+        sealed = seal_request(
+            head, request_id=request_id, sender=self.key, recipient=self.forwarder, now=now,
+            lifetime=self.lifetime, body=body if inline and isinstance(body, bytes) else None,
+        )
+        waiter = _Waiter(request_id)
+        self._waiters[request_id] = waiter
+        head_key = layout.head_key("requests", self.key.name, request_id)
+        try:
+            if not inline:
+                await self._put_body(sealed, body)
+            await self.store.put(head_key, sealed.data)
+            self._ensure_poller()
+            self._backoff.reset()
+            self._wake.set()
+            deadline = asyncio.get_running_loop().time() + timeout
+            response_head = layout.head_key("responses", self.key.name, request_id)
+            await self._wait_for(waiter, response_head, deadline, "response")
+            opened = open_response(
+                await self.store.get(response_head), recipient=self.key,
+                forwarder=self.forwarder, request=sealed, now=self.clock(),
+            )
+        except BaseException:
+            self._waiters.pop(request_id, None)
+            await self._discard(request_id, request=True)
+            raise
+        return RelayResponse(self, opened, waiter, timeout)
+
+    async def _discard(self, request_id: str, *, request: bool = False) -> None:
+        """Delete what is left of an exchange (best effort: the janitor is the backstop)."""
+        prefixes = [layout.envelope_prefix("responses", self.key.name, request_id)]
+        if request:
+            prefixes.append(layout.envelope_prefix("requests", self.key.name, request_id))
+        try:
+            for prefix in prefixes:
+                keys = [k async for k in self.store.list(prefix)]
+                for key in keys:
+                    await self.store.delete(key)
+        except StoreError as exc:
+            log.warning("could not clean up request %s: %s", request_id, exc)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    if data:
+        yield data
+
+
+class RelayResponse:
+    """A verified response head; the body streams from :meth:`iter_body`.
+
+    Each body segment is authenticated before it is yielded; if the stream ends badly
+    (a failed segment or trailer, a truncated or aborted stream) ``iter_body`` raises
+    after the last good segment, and the caller must abort, never end cleanly.
+    """
+
+    def __init__(
+        self, client: RelayClient, opened: OpenedResponse, waiter: _Waiter, idle_timeout: float
+    ) -> None:
+        self._client = client
+        self._opened = opened
+        self._waiter = waiter
+        self._idle_timeout = idle_timeout
+        self._closed = False
+        self.id = opened.id
+        self.status = opened.head.status
+        self.reason = opened.head.reason
+        self.headers = opened.head.headers
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lowered), None)
+
+    async def iter_body(self) -> AsyncIterator[bytes]:
+        if self._opened.body is not None:
+            if self._opened.body:
+                yield self._opened.body
+            return
+        opener: BodyOpener = self._opened.body_opener()
+        client, name = self._client, self._client.key.name
+        loop = asyncio.get_running_loop()
+        index = 0
+        while not opener.done:
+            key = layout.body_key("responses", name, self.id, index)
+            deadline = loop.time() + self._idle_timeout
+            await client._wait_for(self._waiter, key, deadline, f"body segment {index}")
+            plain = opener.feed(await client.store.get(key))
+            index += 1
+            if plain:
+                yield plain
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.iter_body()])
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._client._waiters.pop(self.id, None)
+            await self._client._discard(self.id)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

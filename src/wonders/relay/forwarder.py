@@ -1,0 +1,706 @@
+"""The forwarder: claim, verify, decide, fetch, stream back.
+
+Theory of operation:
+
+* **Poll.** One LIST of ``requests/`` per interval (adaptive, see ``_polling``) finds
+  request heads. Heads are started fairly: round-robin across clients, oldest first
+  within a client, up to ``max_in_flight`` at once.
+* **Claim.** ``claims/<id>/0000`` is created create-only: among forwarders sharing the
+  mailbox, one wins. A claim whose forwarder instance is gone (its heartbeat is stale or
+  names another instance) is taken over by creating the next attempt, again create-only.
+  A takeover re-executes only idempotent methods; a POST or PATCH gets a 502 that says it
+  was not retried. ``claims/<id>/done`` marks an answered request until it expires, so a
+  copied head is never executed twice.
+* **Open.** Only a request signed by the client whose mailbox holds it, under its own id,
+  within its lifetime, is executed. Unauthenticated objects are deleted and logged; an
+  authenticated but expired request is answered with an error, never executed.
+* **Decide.** The policy (403, ``X-Wonders-Error: policy-denied``) and the limiter (429)
+  run before any DNS lookup; the address guard runs in the resolver.
+* **Fetch and stream.** The upstream body is sealed in segments as it arrives: a segment
+  is flushed when full or after ``flush_idle`` seconds without new bytes, so event streams
+  flow. A body over the client's ``max_response_bytes`` ends with an error trailer.
+  A response that ends within ``flush_idle`` and ``inline_limit`` goes inline in its head.
+* **Heartbeat** every ``heartbeat_interval`` seconds, signed; deleted on a clean stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import secrets
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+
+from wonders import __version__
+from wonders.crypto import (
+    Headers,
+    OpenedRequest,
+    PrivateKey,
+    ResponseHead,
+    Sealed,
+    open_request,
+    seal_response,
+)
+from wonders.errors import EnvelopeError, ObjectExists, ObjectNotFound, StoreError
+from wonders.relay import layout
+from wonders.relay._polling import Backoff, wait_event
+from wonders.relay._store import Store
+from wonders.relay.layout import EnvelopeKey
+from wonders.relay.policy import Limiter, Policy
+from wonders.relay.records import Claim, Heartbeat, parse_claim, parse_heartbeat
+from wonders.relay.upstream import AddressDenied, Upstream, response_headers, strip_hop_by_hop
+
+__all__ = ["Forwarder", "ForwarderSettings"]
+
+log = logging.getLogger("wonders.forwarder")
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+@dataclass(frozen=True, slots=True)
+class ForwarderSettings:
+    """How a forwarder runs; every duration in seconds."""
+
+    id: str = "forwarder"
+    poll_fast: float = 0.01
+    poll_slow: float = 1.0
+    heartbeat_interval: float = 5.0
+    stale_after: float = 30.0
+    max_in_flight: int = 64
+    skew: float = 300.0
+    response_lifetime: float = 300.0
+    segment_size: int = 1024 * 1024
+    flush_idle: float = 0.05
+    inline_limit: int = 64 * 1024
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    total_timeout: float = 3600.0
+    max_redirects: int = 10
+    grace: float = 30.0
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    allowed: int = 0
+    denied: int = 0
+    rejected: int = 0
+    errors: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+@dataclass
+class _Outcome:
+    """What one request came to, for the log line."""
+
+    status: int = 0
+    decision: str = "-"
+    error: str = ""
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+class _ErrorReply(Exception):
+    """Answer the client with a forwarder-made error response."""
+
+    def __init__(self, status: int, code: str, message: str, extra: Headers = ()) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+class _ResponseWriter:
+    """Seals and stores one response: inline, or a head followed by segments."""
+
+    def __init__(self, forwarder: Forwarder, request: OpenedRequest, client: str) -> None:
+        self._fwd = forwarder
+        self._request = request
+        self._client = client
+        self._sealed: Sealed | None = None
+        self._index = 0
+        self.bytes = 0
+
+    def _head_key(self) -> str:
+        return layout.head_key("responses", self._client, self._request.id)
+
+    async def _put_head(self, head: ResponseHead, body: bytes | None) -> Sealed:
+        fwd = self._fwd
+        sealed = seal_response(
+            self._request, head, sender=fwd.key, now=fwd.clock(),
+            lifetime=fwd.settings.response_lifetime, body=body,
+        )
+        # create-only: a takeover never writes over a response that already started
+        await fwd.store.put(self._head_key(), sealed.data, create_only=True)
+        return sealed
+
+    async def whole(self, head: ResponseHead, body: bytes) -> None:
+        await self._put_head(head, body)
+        self.bytes = len(body)
+
+    async def start(self, head: ResponseHead) -> None:
+        self._sealed = await self._put_head(head, None)
+
+    async def segment(self, data: bytes) -> None:
+        assert self._sealed is not None
+        assert self._sealed.body is not None
+        await self._put(self._sealed.body.seal(data))
+        self.bytes += len(data)
+
+    async def finish(self, error: str | None = None) -> None:
+        assert self._sealed is not None
+        assert self._sealed.body is not None
+        await self._put(self._sealed.body.finish(error))
+
+    async def _put(self, segment: bytes) -> None:
+        key = layout.body_key("responses", self._client, self._request.id, self._index)
+        await self._fwd.store.put(key, segment)
+        self._index += 1
+
+    @property
+    def started(self) -> bool:
+        return self._sealed is not None
+
+
+def _error_head(status: int, code: str, message: str, extra: Headers = ()) -> tuple[
+    ResponseHead, bytes
+]:
+    body = (message.rstrip() + "\n").encode()
+    headers = (
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("X-Wonders-Error", code),
+        *extra,
+    )
+    reasons = {400: "Bad Request", 403: "Forbidden", 429: "Too Many Requests",
+               502: "Bad Gateway", 504: "Gateway Timeout"}
+    return ResponseHead(status, reasons.get(status, ""), headers), body
+
+
+class Forwarder:
+    """The internet-side service. ``await run()`` until :meth:`stop` is called."""
+
+    def __init__(
+        self,
+        store: Store,
+        key: PrivateKey,
+        policy: Policy,
+        settings: ForwarderSettings | None = None,
+        *,
+        upstream_ca: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.settings = settings or ForwarderSettings()
+        self.clock = clock
+        self.instance = secrets.token_hex(8)
+        self.started = clock()
+        self.counters = Counters()
+        self._policy = policy
+        self._limiter = Limiter(policy, clock)
+        self._upstream = Upstream(
+            lambda: self._policy,
+            extra_ca=Path(upstream_ca) if upstream_ca else None,
+            connect_timeout=self.settings.connect_timeout,
+            read_timeout=self.settings.read_timeout,
+            total_timeout=self.settings.total_timeout,
+        )
+        self._backoff = Backoff(self.settings.poll_fast, self.settings.poll_slow)
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._recheck: dict[str, float] = {}  # claimed by others: when to look again
+        #: Set once the first heartbeat is stored: from then on clients see this forwarder.
+        self.ready = asyncio.Event()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    def reload(self, policy: Policy) -> None:
+        """Use a new policy from now on; requests in flight keep the one they started with
+        for their decision, and limits carry over."""
+        self._policy = policy
+        self._limiter.update(policy)
+        log.info("policy reloaded from %s (digest %s)", policy.source, policy.digest[:16])
+
+    def stop(self) -> None:
+        """Stop claiming; :meth:`run` finishes requests in flight (up to the grace period)."""
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._active)
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`; then finish in-flight work and clean up."""
+        heartbeat = asyncio.create_task(self._heartbeats(), name="wonders-heartbeat")
+        try:
+            await self._write_heartbeat()
+            self.ready.set()
+            await self._poll()
+            await self._drain()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            with contextlib.suppress(StoreError):
+                await self.store.delete(layout.heartbeat_key(self.settings.id))
+            await self._upstream.close()
+
+    async def _drain(self) -> None:
+        tasks = list(self._active.values())
+        if not tasks:
+            return
+        log.info("stopping: waiting up to %.0f s for %d requests", self.settings.grace, len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=self.settings.grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                await self._write_heartbeat()
+            except StoreError as exc:
+                log.warning("heartbeat not written: %s", exc)
+
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(
+            forwarder=self.settings.id, instance=self.instance, kid=self.key.kid,
+            version=__version__, started=self.started, time=self.clock(),
+            interval=self.settings.heartbeat_interval, in_flight=self.in_flight,
+            policy=self._policy.digest, counters=self.counters.as_dict(),
+        )
+
+    async def _write_heartbeat(self) -> None:
+        await self.store.put(layout.heartbeat_key(self.settings.id),
+                             self.heartbeat().sign(self.key))
+
+    # ------------------------------------------------------------------- polling
+
+    async def _poll(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                heads = [p async for p in self._list_heads()]
+            except StoreError as exc:
+                log.warning("polling failed: %s", exc)
+                await wait_event(self._stopping, self._backoff.next())
+                continue
+            started = 0
+            for parsed in _fair(heads):
+                if self.in_flight >= self.settings.max_in_flight:
+                    break
+                rid = parsed.request_id
+                if rid in self._active or self._recheck.get(rid, 0.0) > self.clock():
+                    continue
+                task = asyncio.create_task(self._start(parsed), name=f"wonders-request-{rid}")
+                self._active[rid] = task
+                task.add_done_callback(functools.partial(self._finished, rid))
+                started += 1
+            interval = self._backoff.reset() if started or self._active else self._backoff.next()
+            await wait_event(self._wake, interval)
+
+    def _finished(self, request_id: str, _task: object = None) -> None:
+        self._active.pop(request_id, None)
+        self._wake.set()
+
+    async def _list_heads(self) -> AsyncIterator[EnvelopeKey]:
+        async for key in self.store.list(layout.REQUESTS):
+            parsed = layout.parse_envelope_key(key)
+            if parsed is None:
+                if key.endswith("/head") or key.count("/") < 3:
+                    log.warning("junk object %s removed", key)
+                    await self.store.delete(key)
+                continue
+            if parsed.index is None:
+                yield parsed
+
+    # -------------------------------------------------------------------- claims
+
+    async def _start(self, parsed: EnvelopeKey) -> None:
+        client, rid = parsed.client, parsed.request_id
+        try:
+            attempt = await self._claim(client, rid)
+            if attempt is None:
+                return
+            self._recheck.pop(rid, None)
+            await self._handle(client, rid, attempt)
+        except StoreError as exc:
+            log.warning("request %s from %s: store error: %s", rid, client, exc)
+            self._recheck[rid] = self.clock() + 1.0
+        except Exception:
+            log.exception("request %s from %s: unexpected error", rid, client)
+            self._recheck[rid] = self.clock() + self.settings.stale_after
+
+    async def _claim(self, client: str, rid: str) -> int | None:
+        """The attempt this instance won, or None if another forwarder holds the request."""
+        now = self.clock()
+        claim = Claim(self.settings.id, self.instance, 0, now)
+        try:
+            await self.store.put(layout.claim_key(rid, 0), claim.to_json(), create_only=True)
+            return 0
+        except ObjectExists:
+            pass
+        keys = [k async for k in self.store.list(layout.claim_prefix(rid))]
+        if layout.done_key(rid) in keys:
+            await self._delete_request(client, rid)  # answered: only leftovers remain
+            return None
+        attempts = sorted(k for k in keys if not k.endswith("/done"))
+        latest = attempts[-1] if attempts else layout.claim_key(rid, 0)
+        try:
+            held = parse_claim(await self.store.get(latest))
+        except ObjectNotFound:
+            held = None
+        if held is not None and not await self._stale(held):
+            self._recheck[rid] = now + self.settings.stale_after / 2
+            return None
+        attempt = (held.attempt if held else len(attempts) - 1) + 1
+        claim = Claim(self.settings.id, self.instance, attempt, now)
+        try:
+            await self.store.put(layout.claim_key(rid, attempt), claim.to_json(), create_only=True)
+        except ObjectExists:
+            self._recheck[rid] = now + self.settings.stale_after / 2
+            return None
+        log.info("request %s: took over a stale claim (attempt %d)", rid, attempt)
+        return attempt
+
+    async def _stale(self, claim: Claim) -> bool:
+        now = self.clock()
+        if claim.instance == self.instance:
+            # One task per request in this instance, and it is the one asking: a claim of
+            # ours is left from an earlier task that ended without answering.
+            return True
+        try:
+            data = await self.store.get(layout.heartbeat_key(claim.forwarder))
+        except (ObjectNotFound, ValueError):
+            return now - claim.claimed > self.settings.stale_after
+        beat = parse_heartbeat(data, self.key.public)
+        if beat is None:
+            return now - claim.claimed > self.settings.stale_after
+        return beat.instance != claim.instance or not beat.fresh(now, self.settings.stale_after)
+
+    # ------------------------------------------------------------------ requests
+
+    async def _handle(self, client: str, rid: str, attempt: int) -> None:
+        started = time.monotonic()
+        outcome = _Outcome()
+        opened: OpenedRequest | None = None
+        try:
+            opened = await self._open(client, rid)
+            if opened is None:
+                outcome.decision = "rejected"
+                return
+            writer = _ResponseWriter(self, opened, client)
+            try:
+                await self._serve(client, opened, attempt, writer, outcome)
+            except _ErrorReply as reply:
+                outcome.status, outcome.error = reply.status, reply.code
+                if not writer.started:
+                    head, body = _error_head(reply.status, reply.code, reply.message, reply.extra)
+                    with contextlib.suppress(ObjectExists):
+                        await writer.whole(head, body)
+            outcome.bytes_down = writer.bytes
+            with contextlib.suppress(ObjectExists):
+                await self.store.put(layout.done_key(rid), b"", create_only=True)
+            await self._delete_request(client, rid, claims=True)
+        finally:
+            self._log(client, rid, opened, outcome, started)
+
+    async def _open(self, client: str, rid: str) -> OpenedRequest | None:
+        """The verified request, or None once an unusable one has been dealt with."""
+        entry = self._policy.clients.get(client)
+        try:
+            data = await self.store.get(layout.head_key("requests", client, rid))
+        except ObjectNotFound:
+            return None
+        senders = self._policy.senders()
+        kwargs = dict(recipient=self.key, senders=senders, now=self.clock(),
+                      skew=self.settings.skew, expected_id=rid,
+                      expected_sender=entry.bundle.kid if entry else "")
+        try:
+            return open_request(data, **kwargs)  # type: ignore[arg-type]
+        except EnvelopeError as exc:
+            self.counters.rejected += 1
+            if exc.reason in ("expired", "not-yet-valid"):
+                late = open_request(data, **kwargs, check_time=False)  # type: ignore[arg-type]
+                log.warning("request %s from %s refused: %s", rid, client, exc)
+                status = 504 if exc.reason == "expired" else 400
+                hint = ("it waited longer than its lifetime for a forwarder"
+                        if exc.reason == "expired" else "check the clocks of both sides")
+                head, body = _error_head(status, "request-" + exc.reason,
+                                         f"wonders: request refused: {exc.message}; {hint}")
+                with contextlib.suppress(ObjectExists):
+                    await _ResponseWriter(self, late, client).whole(head, body)
+                with contextlib.suppress(ObjectExists):
+                    await self.store.put(layout.done_key(rid), b"", create_only=True)
+            else:
+                log.warning("request %s in %s's mailbox removed: %s", rid, client, exc)
+            await self._delete_request(client, rid, claims=True)
+            return None
+
+    async def _serve(
+        self, client: str, request: OpenedRequest, attempt: int, writer: _ResponseWriter,
+        outcome: _Outcome,
+    ) -> None:
+        method, url = request.head.method, request.head.url
+        self.counters.requests += 1
+        answered = layout.head_key("responses", client, request.id)
+        if attempt > 0 and await self.store.exists(answered):
+            outcome.error = "already-answered"
+            return  # the previous attempt began answering: nothing can be added to that
+        if attempt > 0 and method not in IDEMPOTENT:
+            raise _ErrorReply(502, "not-retried",
+                              f"wonders: the forwarder handling this {method} stopped before "
+                              "answering; it may or may not have reached the server, so it was "
+                              "not sent again")
+        size = len(request.body) if request.body is not None else None
+        decision = self._policy.decide(client, method, url, now=self.clock(),
+                                       request_bytes=size)
+        outcome.decision = decision.action
+        if not decision.allowed:
+            self.counters.denied += 1
+            raise _ErrorReply(403, "policy-denied",
+                              f"wonders: denied by policy ({decision.rule}): {decision.reason}")
+        if decision.action == "report":
+            log.info("request %s from %s: %s", request.id, client, decision)
+        admitted = self._limiter.admit(client, size or 0)
+        if not admitted.allowed:
+            self.counters.denied += 1
+            retry = f"{max(1, round(admitted.retry_after or 1))}"
+            raise _ErrorReply(429, "rate-limited", f"wonders: {admitted.reason}",
+                              (("Retry-After", retry),))
+        try:
+            self.counters.allowed += 1
+            await self._fetch(client, request, writer, outcome)
+        finally:
+            self._limiter.release(client)
+
+    async def _fetch(
+        self, client: str, request: OpenedRequest, writer: _ResponseWriter, outcome: _Outcome
+    ) -> None:
+        entry = self._policy.clients[client]
+        headers = strip_hop_by_hop(request.head.headers)
+        host = urlsplit(request.head.url).netloc.rpartition("@")[2]
+        given = [v for k, v in headers if k.lower() == "host"]
+        if given and any(v.lower() != host.lower() for v in given):
+            raise _ErrorReply(400, "host-mismatch",
+                              f"wonders: the Host header {given[0]!r} differs from the URL's "
+                              f"host {host!r}; refusing an ambiguous request")
+        headers = tuple((k, v) for k, v in headers if k.lower() != "host")
+        method, url = request.head.method, request.head.url
+        body: bytes | AsyncIterator[bytes] | None = (
+            request.body if request.body is not None else self._request_body(client, request)
+        )
+        outcome.bytes_up = len(request.body) if request.body is not None else 0
+        for hop in range(self.settings.max_redirects + 1):
+            try:
+                response = await self._upstream.request(client, method, url, headers, body)
+            except aiohttp.ClientConnectorError as exc:
+                cause = exc.os_error if isinstance(exc.os_error, AddressDenied) else None
+                if cause is not None:
+                    self.counters.denied += 1
+                    raise _ErrorReply(403, "policy-denied",
+                                      f"wonders: denied by policy ({cause.decision.rule}): "
+                                      f"{cause.decision.reason}") from None
+                self.counters.errors += 1
+                raise _ErrorReply(502, "upstream-unreachable",
+                                  f"wonders: cannot connect to {urlsplit(url).netloc}: "
+                                  f"{exc.os_error}") from None
+            except (TimeoutError, aiohttp.ServerTimeoutError):
+                self.counters.errors += 1
+                where = urlsplit(url).netloc
+                raise _ErrorReply(504, "upstream-timeout",
+                                  f"wonders: {where} did not answer in time") from None
+            except aiohttp.ClientError as exc:
+                self.counters.errors += 1
+                where = urlsplit(url).netloc
+                raise _ErrorReply(502, "upstream-error",
+                                  f"wonders: request to {where} failed: {exc}") from None
+            async with response:
+                target = self._redirect(client, response, url, entry.follow_redirects, hop)
+                if target is None:
+                    await self._relay(client, response, writer, outcome)
+                    return
+                method, url, body = target
+        raise AssertionError("unreachable: the last hop is always relayed")
+
+    def _redirect(
+        self, client: str, response: aiohttp.ClientResponse, url: str, follow: bool, hop: int
+    ) -> tuple[str, str, bytes | None] | None:
+        """Where to go next, if this redirect is to be followed here."""
+        location = response.headers.get("Location")
+        if not (follow and response.status in _REDIRECTS and location):
+            return None
+        if hop >= self.settings.max_redirects:
+            return None
+        target = urljoin(url, location)
+        decision = self._policy.decide(client, "GET", target, now=self.clock())
+        if not decision.allowed:
+            log.info("redirect to %s returned to %s: %s", target, client, decision)
+            return None
+        return "GET", target, None
+
+    async def _relay(
+        self, client: str, response: aiohttp.ClientResponse, writer: _ResponseWriter,
+        outcome: _Outcome,
+    ) -> None:
+        """Seal and store the upstream response as it arrives."""
+        outcome.status = response.status
+        head = ResponseHead(response.status, response.reason or "",
+                            response_headers(response.raw_headers))
+        limit = self._policy.clients[client].max_response_bytes
+        settings = self.settings
+        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=4)
+
+        async def read() -> None:
+            try:
+                async for chunk in response.content.iter_any():
+                    await queue.put(chunk)
+                await queue.put(None)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                await queue.put(exc)
+
+        reader = asyncio.create_task(read())
+        buffer = bytearray()
+        total = 0
+        try:
+            while True:
+                wait = settings.flush_idle if buffer or not writer.started else None
+                try:
+                    item = await asyncio.wait_for(queue.get(), wait)
+                except TimeoutError:
+                    if not writer.started:
+                        await writer.start(head)
+                    if buffer:
+                        await writer.segment(bytes(buffer))
+                        buffer.clear()
+                    continue
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    self.counters.errors += 1
+                    if not writer.started and isinstance(item, TimeoutError):
+                        raise _ErrorReply(504, "upstream-timeout",
+                                          "wonders: the upstream server stopped sending")
+                    if not writer.started:
+                        raise _ErrorReply(502, "upstream-error",
+                                          f"wonders: the upstream response broke off: {item}")
+                    await self._flush(writer, buffer)
+                    await writer.finish(f"the upstream response broke off: {item}")
+                    outcome.error = "upstream-broke"
+                    return
+                total += len(item)
+                if limit is not None and total > limit:
+                    message = (f"response body over {limit} bytes (max_response_bytes of "
+                               f"client {client}); cut here")
+                    if not writer.started:
+                        raise _ErrorReply(502, "response-too-large", f"wonders: {message}")
+                    keep = len(item) - (total - limit)
+                    buffer += item[:keep]
+                    await self._flush(writer, buffer)
+                    await writer.finish(message)
+                    outcome.error = "response-too-large"
+                    return
+                buffer += item
+                if not writer.started and len(buffer) > settings.inline_limit:
+                    await writer.start(head)
+                while writer.started and len(buffer) >= settings.segment_size:
+                    await writer.segment(bytes(buffer[: settings.segment_size]))
+                    del buffer[: settings.segment_size]
+            if not writer.started:
+                await writer.whole(head, bytes(buffer))
+            else:
+                await self._flush(writer, buffer)
+                await writer.finish()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self.counters.bytes_down += total
+
+    @staticmethod
+    async def _flush(writer: _ResponseWriter, buffer: bytearray) -> None:
+        if buffer:
+            await writer.segment(bytes(buffer))
+            buffer.clear()
+
+    async def _request_body(self, client: str, request: OpenedRequest) -> AsyncIterator[bytes]:
+        """A streamed request body, verified segment by segment as aiohttp sends it."""
+        opener = request.body_opener()
+        limit = self._policy.clients[client].max_request_bytes
+        total = index = 0
+        while not opener.done:
+            key = layout.body_key("requests", client, request.id, index)
+            try:
+                plain = opener.feed(await self.store.get(key))
+            except ObjectNotFound:
+                opener.close()  # raises truncated
+                raise
+            index += 1
+            total += len(plain)
+            if limit is not None and total > limit:
+                raise EnvelopeError("incomplete", f"request body over {limit} bytes")
+            charged = self._limiter.charge(client, len(plain))
+            if not charged.allowed:
+                raise EnvelopeError("incomplete", charged.reason)
+            self.counters.bytes_up += len(plain)
+            if plain:
+                yield plain
+
+    # ------------------------------------------------------------------- cleanup
+
+    async def _delete_request(self, client: str, rid: str, *, claims: bool = False) -> None:
+        """Delete a request's objects (and its claim attempts, keeping ``done``)."""
+        keys = [k async for k in self.store.list(layout.envelope_prefix("requests", client, rid))]
+        for key in keys:
+            await self.store.delete(key)
+        if claims:
+            keys = [k async for k in self.store.list(layout.claim_prefix(rid))]
+            for key in keys:
+                if not key.endswith("/done"):
+                    await self.store.delete(key)
+
+    def _log(self, client: str, rid: str, request: OpenedRequest | None, outcome: _Outcome,
+             started: float) -> None:
+        method = request.head.method if request else "-"
+        host = urlsplit(request.head.url).hostname if request else "-"
+        ms = (time.monotonic() - started) * 1000
+        log.info(
+            "id=%s client=%s method=%s host=%s decision=%s status=%s error=%s up=%d down=%d "
+            "ms=%.0f", rid, client, method, host, outcome.decision, outcome.status or "-",
+            outcome.error or "-", outcome.bytes_up, outcome.bytes_down, ms,
+        )
+
+
+def _fair(heads: list[EnvelopeKey]) -> list[EnvelopeKey]:
+    """Round-robin across clients, oldest first within each client."""
+    queues: dict[str, deque[EnvelopeKey]] = defaultdict(deque)
+    for parsed in sorted(heads, key=lambda p: p.request_id):
+        queues[parsed.client].append(parsed)
+    order: list[EnvelopeKey] = []
+    while queues:
+        for client in list(queues):
+            order.append(queues[client].popleft())
+            if not queues[client]:
+                del queues[client]
+    return order
+

@@ -1,0 +1,100 @@
+"""The small JSON records of the relay: claims and heartbeats. Pure code, no I/O.
+
+**Claims** (``claims/<id>/<attempt>``) say which forwarder instance took a request. They
+are created create-only, so one forwarder wins each attempt. A claim is *stale* when the
+instance that wrote it is gone: its forwarder's heartbeat is missing or old, or names
+another instance (the forwarder restarted). Another forwarder may then take the request
+over by creating the next attempt.
+
+**Heartbeats** (``status/forwarders/<forwarder>.json``) are written every few seconds by
+each forwarder and signed with the forwarder key: ``{"body": "<json text>", "signature":
+"<base64 Ed25519 over the body text>"}``. Clients check them (with the pinned forwarder
+bundle) to fail fast when no forwarder is alive; forwarders check each other's to find
+stale claims.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+
+from wonders.crypto import PrivateKey, PublicBundle
+
+__all__ = ["Claim", "Heartbeat", "parse_claim", "parse_heartbeat"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Attempt ``attempt`` at a request, by ``instance`` of forwarder ``forwarder``."""
+
+    forwarder: str
+    instance: str
+    attempt: int
+    claimed: float
+
+    def to_json(self) -> bytes:
+        return json.dumps({"v": 1, **asdict(self)}).encode()
+
+
+def parse_claim(data: bytes) -> Claim | None:
+    """The claim in ``data``, or None if it is not one (a reader treats junk as stale)."""
+    try:
+        doc = json.loads(data)
+        return Claim(str(doc["forwarder"]), str(doc["instance"]), int(doc["attempt"]),
+                     float(doc["claimed"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A forwarder instance's signed statement that it is alive.
+
+    Attributes:
+        forwarder: the forwarder's id (several instances of one deployment differ here).
+        instance: random per process start; a new value means the forwarder restarted.
+        kid: the key id that signs its responses.
+        time: when this heartbeat was written (Unix seconds, the forwarder's clock).
+        interval: seconds until the next one.
+    """
+
+    forwarder: str
+    instance: str
+    kid: str
+    version: str
+    started: float
+    time: float
+    interval: float
+    in_flight: int = 0
+    policy: str = ""
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def fresh(self, now: float, stale_after: float) -> bool:
+        return now - self.time <= stale_after
+
+    def sign(self, key: PrivateKey) -> bytes:
+        body = json.dumps({"v": 1, **asdict(self)}, sort_keys=True)
+        signature = key.signing.sign(body.encode())
+        doc = {"body": body, "signature": base64.b64encode(signature).decode()}
+        return json.dumps(doc, indent=1).encode()
+
+
+def parse_heartbeat(data: bytes, signer: PublicBundle) -> Heartbeat | None:
+    """The heartbeat in ``data`` if ``signer`` signed it, else None."""
+    try:
+        doc = json.loads(data)
+        body: str = doc["body"]
+        signer.signing.verify(base64.b64decode(doc["signature"], validate=True), body.encode())
+        fields: dict[str, Any] = json.loads(body)
+        fields.pop("v", None)
+        beat = Heartbeat(**fields)
+    except (ValueError, KeyError, TypeError, binascii.Error, InvalidSignature):
+        return None
+    if beat.kid != signer.kid:
+        return None
+    return beat

@@ -1,0 +1,162 @@
+"""The forwarder's HTTP client: aiohttp, with the address guard in its resolver.
+
+- One session (and connection pool) per client, whose resolver resolves a host, asks
+  :meth:`Policy.guard <wonders.relay.policy.Policy.guard>`, and hands aiohttp only the
+  address the guard chose, so aiohttp connects to exactly the checked address (no second
+  lookup, no DNS rebinding). aiohttp's DNS cache is off, so every connection is checked
+  against the current policy. A denied host raises :class:`AddressDenied` and is never
+  connected to.
+- TLS verification is always on: the system roots, plus an optional extra CA bundle.
+- Bodies pass through untouched: no automatic decompression, no headers invented
+  (aiohttp's default User-Agent, Accept, Accept-Encoding and Content-Type are skipped
+  unless the client sent them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import AsyncIterable, Callable, Sequence
+from ipaddress import IPv6Address, ip_address
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from wonders.crypto import Headers
+from wonders.relay.policy import Decision, Policy
+
+__all__ = ["HOP_BY_HOP", "AddressDenied", "Upstream", "strip_hop_by_hop"]
+
+#: Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus the
+#: proxy's own.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "proxy-connection", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """Drop hop-by-hop headers, ``Proxy-*`` headers and those named in ``Connection``."""
+    named = {
+        token.strip().lower()
+        for name, value in headers if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return tuple(
+        (name, value) for name, value in headers
+        if name.lower() not in HOP_BY_HOP
+        and name.lower() not in named
+        and not name.lower().startswith("proxy-")
+    )
+
+
+class AddressDenied(OSError):
+    """The address guard refused every address a host resolved to."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.reason)
+        self.decision = decision
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolve with the system resolver, then keep only the address the guard picks."""
+
+    def __init__(self, client: str, policy: Callable[[], Policy]) -> None:
+        self._client = client
+        self._policy = policy
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
+        except socket.gaierror as exc:
+            raise OSError(f"cannot resolve {host}: {exc.strerror}") from None
+        addresses = list(dict.fromkeys(ip_address(info[4][0]) for info in infos))
+        guarded = self._policy().guard(self._client, host, addresses)
+        if guarded.address is None:
+            raise AddressDenied(guarded.decision)
+        v6 = isinstance(guarded.address, IPv6Address)
+        return [{
+            "hostname": host,
+            "host": str(guarded.address),
+            "port": port,
+            "family": socket.AF_INET6 if v6 else socket.AF_INET,
+            "proto": 0,
+            "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+        }]
+
+    async def close(self) -> None:
+        return None
+
+
+class Upstream:
+    """Sessions to the internet, one per client, with the guard and the timeouts."""
+
+    def __init__(
+        self,
+        policy: Callable[[], Policy],
+        *,
+        extra_ca: Path | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        total_timeout: float = 3600.0,
+    ) -> None:
+        self._policy = policy
+        self._ssl = ssl.create_default_context()
+        if extra_ca is not None:
+            self._ssl.load_verify_locations(cafile=str(extra_ca))
+        self._timeout = aiohttp.ClientTimeout(
+            total=total_timeout, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def _session(self, client: str) -> aiohttp.ClientSession:
+        session = self._sessions.get(client)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(
+                resolver=GuardedResolver(client, self._policy), ssl=self._ssl,
+                use_dns_cache=False, limit=64,
+            )
+            session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, timeout=self._timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+            self._sessions[client] = session
+        return session
+
+    async def request(
+        self,
+        client: str,
+        method: str,
+        url: str,
+        headers: Headers,
+        body: bytes | AsyncIterable[bytes] | None,
+    ) -> aiohttp.ClientResponse:
+        """Send one request (no redirects followed here); the caller reads and releases
+        the response."""
+        present = {name.lower() for name, _ in headers}
+        skip = [h for h in _AUTO_HEADERS if h.lower() not in present]
+        kwargs: dict[str, Any] = {}
+        if body is not None and body != b"":
+            kwargs["data"] = body
+        return await self._session(client).request(
+            method, url, headers=list(headers), allow_redirects=False,
+            skip_auto_headers=skip, **kwargs,
+        )
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+
+
+def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> Headers:
+    """aiohttp's raw response headers as latin-1 pairs, hop-by-hop removed."""
+    pairs = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+    return strip_hop_by_hop(pairs)

@@ -1,0 +1,197 @@
+"""A loopback HTTPS upstream and a running relay (forwarder + client) for integration tests.
+
+The upstream's certificate comes from a trustme CA that only the forwarder is told about,
+as a private CA would be. Handlers are event-driven: an SSE stream waits for the test to
+say "go" rather than sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import ssl
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trustme
+from aiohttp import web
+
+from wonders.crypto import PrivateKey, write_key_files
+from wonders.relay import Store
+from wonders.relay.client import RelayClient
+from wonders.relay.forwarder import Forwarder, ForwarderSettings
+from wonders.relay.policy import Policy, load_policy
+
+FAST = ForwarderSettings(
+    id="fw-test", poll_fast=0.005, poll_slow=0.1, heartbeat_interval=0.5, stale_after=3.0,
+    flush_idle=0.02, grace=5.0, read_timeout=10.0,
+)
+
+
+UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream")
+
+
+@dataclass
+class Upstream:
+    """A loopback HTTPS server that records what reached it."""
+
+    url: str
+    ca_file: Path
+    hits: Counter[str] = field(default_factory=Counter)
+    sse_go: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def _echo(request: web.Request) -> web.Response:
+    body = await request.read()
+    upstream: Upstream = request.app[UPSTREAM]
+    upstream.hits[request.path] += 1
+    doc = {
+        "method": request.method,
+        "path": request.path_qs,
+        "headers": [[k, v] for k, v in request.headers.items()],
+        "length": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+    }
+    return web.Response(body=json.dumps(doc).encode(), content_type="application/json",
+                        headers={"X-Upstream": "yes", "Set-Cookie": "a=1"})
+
+
+async def _bytes(request: web.Request) -> web.StreamResponse:
+    request.app[UPSTREAM].hits[request.path] += 1
+    size = int(request.match_info["size"])
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = size
+    await response.prepare(request)
+    block = bytes(range(256)) * 4096  # 1 MiB of a known pattern
+    sent = 0
+    while sent < size:
+        piece = block[: min(len(block), size - sent)]
+        await response.write(piece)
+        sent += len(piece)
+    await response.write_eof()
+    return response
+
+
+async def _sse(request: web.Request) -> web.StreamResponse:
+    upstream: Upstream = request.app[UPSTREAM]
+    upstream.hits[request.path] += 1
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b"data: first\n\n")
+    await upstream.sse_go.wait()  # the test says go once it has the first event
+    await response.write(b"data: second\n\n")
+    await response.write_eof()
+    return response
+
+
+async def _redirect(request: web.Request) -> web.Response:
+    request.app[UPSTREAM].hits[request.path] += 1
+    raise web.HTTPFound(location=request.query["to"])
+
+
+async def _status(request: web.Request) -> web.Response:
+    request.app[UPSTREAM].hits[request.path] += 1
+    return web.Response(status=int(request.match_info["code"]), text="custom")
+
+
+@contextlib.asynccontextmanager
+async def serve_upstream(tmp_path: Path, host: str = "127.0.0.1") -> AsyncIterator[Upstream]:
+    """Serve on ``host``; URLs name it as ``localhost`` for 127.0.0.1, else by address."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", host)
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ssl)
+    ca_file = tmp_path / "upstream-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    upstream = Upstream("", ca_file)
+    app = web.Application(client_max_size=256 * 1024 * 1024)
+    app[UPSTREAM] = upstream
+    app.router.add_route("*", "/echo", _echo)
+    app.router.add_route("*", "/echo/{tail:.*}", _echo)
+    app.router.add_get("/bytes/{size}", _bytes)
+    app.router.add_get("/sse", _sse)
+    app.router.add_get("/redirect", _redirect)
+    app.router.add_route("*", "/status/{code}", _status)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0, ssl_context=server_ssl)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    upstream.url = f"https://{'localhost' if host == '127.0.0.1' else host}:{port}"
+    try:
+        yield upstream
+    finally:
+        await runner.cleanup()
+
+
+POLICY = """
+[defaults]
+ports = [{port}]
+rate_per_minute = "unlimited"
+
+[clients.gpu01]
+bundle = "gpu01.pub"
+allow = ["localhost", "127.0.0.1"]
+allow_private = ["127.0.0.0/8"]
+max_response_bytes = "32 MiB"
+
+[clients.locked]
+bundle = "locked.pub"
+allow = ["localhost", "127.0.0.1", "2130706433", "0x7f.1", "[::1]", "169.254.169.254"]
+ports = [{port}, 80]
+
+[clients.follower]
+bundle = "follower.pub"
+allow = ["localhost", "127.0.0.1", "127.0.0.2", "169.254.169.254"]
+allow_private = ["127.0.0.2/32"]
+follow_redirects = true
+ports = [{port}, 80]
+"""
+
+
+@dataclass
+class Keys:
+    forwarder: PrivateKey
+    clients: dict[str, PrivateKey]
+    policy: Policy
+
+
+def make_keys(tmp_path: Path, port: int, policy_text: str = POLICY) -> Keys:
+    keydir = tmp_path / "keys"
+    keydir.mkdir(exist_ok=True)
+    clients = {}
+    for name in ("gpu01", "locked", "follower"):
+        clients[name] = PrivateKey.generate(name)
+        write_key_files(clients[name], keydir, force=True)
+    (keydir / "policy.toml").write_text(policy_text.format(port=port))
+    return Keys(PrivateKey.generate("fw"), clients, load_policy(keydir / "policy.toml"))
+
+
+@contextlib.asynccontextmanager
+async def running_forwarder(
+    store: Store, keys: Keys, upstream: Upstream, settings: ForwarderSettings = FAST
+) -> AsyncIterator[Forwarder]:
+    forwarder = Forwarder(store, keys.forwarder, keys.policy, settings,
+                          upstream_ca=str(upstream.ca_file))
+    task = asyncio.create_task(forwarder.run())
+    ready = asyncio.create_task(forwarder.ready.wait())
+    await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if not forwarder.ready.is_set():
+        ready.cancel()
+        await task  # raises what stopped it
+        raise AssertionError("forwarder did not start")
+    try:
+        yield forwarder
+    finally:
+        forwarder.stop()
+        await asyncio.wait_for(task, 30)
+
+
+def client_for(store: Store, keys: Keys, name: str = "gpu01", **kwargs: object) -> RelayClient:
+    options: dict[str, object] = {"poll_fast": 0.005, "poll_slow": 0.1, "heartbeat_check": 0.5}
+    options.update(kwargs)
+    return RelayClient(store, keys.clients[name], keys.forwarder.public, **options)  # type: ignore[arg-type]

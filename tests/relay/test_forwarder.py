@@ -1,0 +1,261 @@
+"""The forwarder and RelayClient end to end: real store (directory and moto's S3), real
+loopback HTTPS upstream whose CA only the forwarder trusts."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.relay.harness import (
+    FAST,
+    Keys,
+    Upstream,
+    client_for,
+    make_keys,
+    running_forwarder,
+    serve_upstream,
+)
+from wonders.crypto import RequestHead, new_request_id, seal_request
+from wonders.errors import EnvelopeError, NoForwarder
+from wonders.relay import Store, layout
+from wonders.relay.client import RelayResponse
+
+
+@pytest.fixture
+async def upstream(tmp_path: Path) -> AsyncIterator[Upstream]:
+    async with serve_upstream(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def keys(tmp_path: Path, upstream: Upstream) -> Keys:
+    return make_keys(tmp_path, int(upstream.url.rsplit(":", 1)[1]))
+
+
+async def _json(response: RelayResponse) -> dict[str, object]:
+    data: dict[str, object] = json.loads(await response.read())
+    return data
+
+
+async def test_get_round_trip_keeps_status_and_headers(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    async with running_forwarder(store, keys, upstream), client_for(store, keys) as client:
+        response = await client.request("GET", f"{upstream.url}/echo?q=1",
+                                        (("X-Custom", "v1"), ("Accept", "application/json")))
+        async with response:
+            assert response.status == 200
+            assert response.header("X-Upstream") == "yes"
+            assert response.header("Set-Cookie") == "a=1"
+            doc = await _json(response)
+        assert doc["method"] == "GET"
+        assert doc["path"] == "/echo?q=1"
+        sent = {k.lower(): v for k, v in doc["headers"]}  # type: ignore[attr-defined]
+        assert sent["x-custom"] == "v1"
+        assert "user-agent" not in sent  # nothing invented on the way
+    assert upstream.hits["/echo"] == 1
+    # the exchange left nothing behind but the done marker
+    assert [k async for k in store.list("requests/")] == []
+    assert [k async for k in store.list("responses/")] == []
+
+
+@pytest.mark.parametrize(("method", "size"), [("POST", 1000), ("PUT", 700 * 1024)])
+async def test_request_bodies_inline_and_streamed(
+    store: Store, keys: Keys, upstream: Upstream, method: str, size: int
+) -> None:
+    body = hashlib.sha256(b"x").digest() * (size // 32)
+    async with running_forwarder(store, keys, upstream), client_for(store, keys) as client:
+        async with await client.request(method, f"{upstream.url}/echo", body=body) as response:
+            doc = await _json(response)
+    assert doc["method"] == method
+    assert doc["length"] == len(body)
+    assert doc["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+async def test_head_and_custom_status(store: Store, keys: Keys, upstream: Upstream) -> None:
+    async with running_forwarder(store, keys, upstream), client_for(store, keys) as client:
+        async with await client.request("HEAD", f"{upstream.url}/echo") as response:
+            assert response.status == 200
+            assert await response.read() == b""
+        async with await client.request("DELETE", f"{upstream.url}/status/418") as response:
+            assert (response.status, await response.read()) == (418, b"custom")
+
+
+async def test_large_response_streams_in_segments(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    size = 5 * 1024 * 1024 + 123
+    async with running_forwarder(store, keys, upstream), client_for(store, keys) as client:
+        async with await client.request("GET", f"{upstream.url}/bytes/{size}") as response:
+            digest, total, pieces = hashlib.sha256(), 0, 0
+            async for piece in response.iter_body():
+                digest.update(piece)
+                total += len(piece)
+                pieces += 1
+    expected = (bytes(range(256)) * 4096 * 6)[:size]
+    assert total == size
+    assert digest.hexdigest() == hashlib.sha256(expected).hexdigest()
+    assert pieces >= 5  # segments, not one buffered body
+
+
+async def test_sse_first_event_arrives_while_upstream_still_sends(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    async with running_forwarder(store, keys, upstream), client_for(store, keys) as client:
+        async with await client.request("GET", f"{upstream.url}/sse") as response:
+            body = response.iter_body()
+            first = await asyncio.wait_for(anext(body), 10)
+            assert first == b"data: first\n\n"
+            assert not upstream.sse_go.is_set()  # the upstream is still holding the stream
+            upstream.sse_go.set()
+            rest = b"".join([piece async for piece in body])
+    assert rest == b"data: second\n\n"
+
+
+async def test_response_over_the_limit_is_a_broken_stream(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    size = 33 * 1024 * 1024  # the policy allows gpu01 32 MiB
+    async with running_forwarder(store, keys, upstream), client_for(store, keys) as client:
+        async with await client.request("GET", f"{upstream.url}/bytes/{size}") as response:
+            received: list[int] = []
+
+            async def consume() -> None:
+                async for piece in response.iter_body():
+                    received.append(len(piece))
+
+            with pytest.raises(EnvelopeError) as info:
+                await consume()
+    assert info.value.reason == "incomplete"
+    assert "max_response_bytes" in info.value.message
+    assert sum(received) <= 32 * 1024 * 1024
+
+
+async def test_policy_denial_is_a_403_naming_the_rule(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    async with running_forwarder(store, keys, upstream), client_for(store, keys) as client:
+        async with await client.request("GET", "https://example.com/") as response:
+            assert response.status == 403
+            assert response.header("X-Wonders-Error") == "policy-denied"
+            text = (await response.read()).decode()
+    assert "client gpu01: ports" in text  # example.com:443 is not an allowed port here
+    assert text.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["localhost", "127.0.0.1", "2130706433", "0x7f.1", "[::1]"],
+)
+async def test_private_addresses_are_refused_without_allow_private(
+    store: Store, keys: Keys, upstream: Upstream, host: str
+) -> None:
+    port = upstream.url.rsplit(":", 1)[1]
+    async with running_forwarder(store, keys, upstream), \
+            client_for(store, keys, "locked") as client:
+        async with await client.request("GET", f"https://{host}:{port}/echo") as response:
+            assert response.status == 403
+            assert response.header("X-Wonders-Error") == "policy-denied"
+            assert "address guard: loopback" in (await response.read()).decode()
+    assert upstream.hits["/echo"] == 0
+
+
+@pytest.fixture
+async def upstream2(tmp_path: Path) -> AsyncIterator[Upstream]:
+    """An upstream on 127.0.0.2: the 'follower' client may reach only that address."""
+    (tmp_path / "second").mkdir()
+    async with serve_upstream(tmp_path / "second", host="127.0.0.2") as server:
+        yield server
+
+
+@pytest.fixture
+def follower_keys(tmp_path: Path, upstream2: Upstream) -> Keys:
+    return make_keys(tmp_path / "second", int(upstream2.url.rsplit(":", 1)[1]))
+
+
+@pytest.mark.parametrize(
+    "target", ["http://127.0.0.1/", "http://169.254.169.254/latest/meta-data/"]
+)
+async def test_redirect_to_a_private_address_goes_back_to_the_client(
+    store: Store, follower_keys: Keys, upstream2: Upstream, target: str
+) -> None:
+    async with running_forwarder(store, follower_keys, upstream2), \
+            client_for(store, follower_keys, "follower") as client:
+        url = f"{upstream2.url}/redirect?to={target}"
+        async with await client.request("GET", url) as response:
+            assert response.status == 302
+            assert response.header("Location") == target
+    assert upstream2.hits["/redirect"] == 1
+
+
+async def test_allowed_redirect_is_followed_when_the_policy_says_so(
+    store: Store, follower_keys: Keys, upstream2: Upstream
+) -> None:
+    async with running_forwarder(store, follower_keys, upstream2), \
+            client_for(store, follower_keys, "follower") as follower:
+        url = f"{upstream2.url}/redirect?to={upstream2.url}/echo/landed"
+        async with await follower.request("GET", url) as response:
+            assert response.status == 200
+            assert (await _json(response))["path"] == "/echo/landed"
+    assert upstream2.hits["/echo/landed"] == 1
+
+
+async def test_redirects_are_returned_when_the_client_does_not_follow(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    async with running_forwarder(store, keys, upstream), client_for(store, keys) as plain:
+        url = f"{upstream.url}/redirect?to={upstream.url}/echo/landed"
+        async with await plain.request("GET", url) as response:
+            assert response.status == 302
+    assert upstream.hits["/echo/landed"] == 0
+
+
+async def test_no_forwarder_fails_fast(store: Store, keys: Keys, upstream: Upstream) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with client_for(store, keys) as client:
+        with pytest.raises(NoForwarder, match="no forwarder is alive"):
+            await client.request("GET", f"{upstream.url}/echo", timeout=60)
+    assert loop.time() - started < 30  # far below the request's own timeout
+    assert [k async for k in store.list("requests/")] == []
+
+
+async def test_unauthenticated_junk_is_removed_without_reaching_upstream(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    now = asyncio.get_running_loop().time()
+    rid = new_request_id(1_795_305_600 + now % 1)
+    stranger = keys.clients["gpu01"].__class__.generate("gpu01")  # same name, other key
+    forged = seal_request(RequestHead("GET", f"{upstream.url}/echo"), request_id=rid,
+                          sender=stranger, recipient=keys.forwarder.public, now=1_795_305_600)
+    head = layout.head_key("requests", "gpu01", rid)
+    await store.put(head, forged.data)
+    await store.put("requests/gpu01/garbage", b"not an envelope")
+    async with running_forwarder(store, keys, upstream) as forwarder:
+        for _ in range(500):
+            if not await store.exists(head) and not await store.exists("requests/gpu01/garbage"):
+                break
+            await asyncio.sleep(0.01)
+        assert forwarder.counters.rejected == 1
+    assert not await store.exists(head)
+    assert upstream.hits["/echo"] == 0
+    assert [k async for k in store.list("responses/")] == []
+
+
+async def test_expired_request_is_answered_not_executed(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    strict = dataclasses.replace(FAST, skew=0.0)
+    async with running_forwarder(store, keys, upstream, strict), \
+            client_for(store, keys, lifetime=0.0) as client:
+        async with await client.request("GET", f"{upstream.url}/echo") as response:
+            assert response.status == 504
+            assert response.header("X-Wonders-Error") == "request-expired"
+            assert "waited longer than its lifetime" in (await response.read()).decode()
+    assert upstream.hits["/echo"] == 0
