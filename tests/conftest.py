@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -33,9 +35,39 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPat
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty / "credentials"))
 
 
+_MOTO = """
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()  # serve until the test session closes this pipe (or dies)
+server.stop()
+"""
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """URL of a moto S3 server on a free loopback port, for the whole session."""
+    """URL of moto's S3 server, in its own process on a free loopback port, for the whole
+    session (its own process, so it does not share the tests' interpreter lock)."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", _MOTO], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
+    )
+    assert server.stdout is not None
+    assert server.stdin is not None
+    line = server.stdout.readline()
+    if not line.strip().isdigit():
+        server.kill()
+        raise RuntimeError(f"moto server did not start (said {line!r})")
+    yield f"http://127.0.0.1:{int(line)}"
+    server.stdin.close()
+    server.wait(timeout=30)
+
+
+@pytest.fixture
+def inprocess_s3_endpoint() -> Iterator[str]:
+    """A moto server in this process, for tests that switch moto's own settings."""
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -62,7 +94,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     """Each store backend, empty; the contract suite runs once per backend."""
     backend: Store
     if request.param == "directory":
-        backend = DirectoryStore(tmp_path)
+        (tmp_path / "mailbox").mkdir()
+        backend = DirectoryStore(tmp_path / "mailbox")
     else:
         name = request.getfixturevalue("bucket")
         endpoint = request.getfixturevalue("s3_endpoint")

@@ -4,6 +4,7 @@ loopback HTTPS upstream whose CA only the forwarder trusts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -259,3 +260,129 @@ async def test_expired_request_is_answered_not_executed(
             assert response.header("X-Wonders-Error") == "request-expired"
             assert "waited longer than its lifetime" in (await response.read()).decode()
     assert upstream.hits["/echo"] == 0
+
+
+async def test_a_replayed_head_is_not_executed_twice(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    """A bucket writer copies an answered request head back into the mailbox."""
+    captured: dict[str, bytes] = {}
+    original_put = store.put
+
+    async def recording_put(key: str, data: bytes, *, create_only: bool = False) -> None:
+        if key.startswith("requests/") and key.endswith("/head"):
+            captured[key] = data
+        await original_put(key, data, create_only=create_only)
+
+    store.put = recording_put  # type: ignore[method-assign]
+    async with running_forwarder(store, keys, upstream) as forwarder, \
+            client_for(store, keys) as client:
+        async with await client.request("POST", f"{upstream.url}/echo", body=b"once"):
+            pass
+        (key, data), = captured.items()
+        await original_put(key, data)  # the replay
+        forwarder._wake.set()
+        for _ in range(500):  # deadline-bounded: the forwarder removes the copy
+            if not await store.exists(key):
+                break
+            await asyncio.sleep(0.01)
+        assert not await store.exists(key)
+    assert upstream.hits["/echo"] == 1
+
+
+class _SwappingView:
+    """The client's view of the mailbox, where an attacker swapped response heads: every
+    response head it reads is the captured response to another request."""
+
+    def __init__(self, inner: Store, other: bytes) -> None:
+        self._inner, self._other = inner, other
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def get(self, key: str) -> bytes:
+        if key.startswith("responses/") and key.endswith("/head"):
+            return self._other
+        return await self._inner.get(key)
+
+
+async def test_a_swapped_response_is_refused_by_the_client(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    captured: list[bytes] = []
+    original_put = store.put
+
+    async def recording_put(key: str, data: bytes, *, create_only: bool = False) -> None:
+        if key.startswith("responses/") and key.endswith("/head"):
+            captured.append(data)
+        await original_put(key, data, create_only=create_only)
+
+    store.put = recording_put  # type: ignore[method-assign]
+    async with running_forwarder(store, keys, upstream):
+        async with client_for(store, keys) as client:
+            async with await client.request("GET", f"{upstream.url}/echo/first"):
+                pass
+        view = _SwappingView(store, captured[0])
+        async with client_for(view, keys) as client:  # type: ignore[arg-type]
+            with pytest.raises(EnvelopeError) as info:
+                await client.request("GET", f"{upstream.url}/echo/second")
+    assert info.value.reason == "not-bound"
+
+
+async def test_janitor_removes_only_what_outlived_its_expiry(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    from wonders.relay.forwarder import Forwarder
+
+    now = 1_795_305_600.0
+    settings = dataclasses.replace(FAST, max_request_lifetime=600.0, skew=60.0,
+                                   response_lifetime=300.0)
+    old, fresh = new_request_id(now - 1000), new_request_id(now - 10)
+    # unread responses go after 600 + 60 + 300 = 960 s
+    unread_old, unread_recent = new_request_id(now - 1000), new_request_id(now - 900)
+    for rid in (old, fresh):
+        await store.put(layout.claim_key(rid, 0), b"{}")
+        await store.put(layout.done_key(rid), b"")
+        await store.put(layout.head_key("requests", "gpu01", rid), b"x")
+    for rid in (unread_old, unread_recent):
+        await store.put(layout.head_key("responses", "gpu01", rid), b"x")
+    forwarder = Forwarder(store, keys.forwarder, keys.policy, settings, clock=lambda: now)
+    removed = await forwarder.sweep()
+    left = sorted([k async for k in store.list("")])
+    assert removed == 4  # old's claim and done marker, its request, the old response
+    assert left == sorted([
+        layout.claim_key(fresh, 0), layout.done_key(fresh),
+        layout.head_key("requests", "gpu01", fresh),
+        layout.head_key("responses", "gpu01", unread_recent),
+    ])
+
+
+@pytest.mark.slow
+async def test_three_forwarders_execute_each_request_exactly_once(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    count = 300
+    settings = [dataclasses.replace(FAST, id=f"fw-{i}") for i in range(3)]
+    async with contextlib.AsyncExitStack() as stack:
+        forwarders = [
+            await stack.enter_async_context(running_forwarder(store, keys, upstream, s))
+            for s in settings
+        ]
+        client = await stack.enter_async_context(client_for(store, keys))
+        semaphore = asyncio.Semaphore(48)
+
+        async def one(i: int) -> int:
+            async with semaphore:
+                response = await client.request("POST", f"{upstream.url}/echo/{i}", body=b"%d" % i)
+                async with response:
+                    doc = await _json(response)
+                    assert doc["path"] == f"/echo/{i}"
+                    return response.status
+
+        statuses = await asyncio.gather(*(one(i) for i in range(count)))
+        served = [f.counters.allowed for f in forwarders]
+    assert statuses == [200] * count
+    assert sum(upstream.hits.values()) == count
+    assert all(upstream.hits[f"/echo/{i}"] == 1 for i in range(count))
+    assert sum(served) == count
+    assert sum(1 for n in served if n > 0) >= 2  # the work was shared, not serialised

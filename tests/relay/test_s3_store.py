@@ -103,16 +103,19 @@ async def test_missing_bucket_is_one_line_naming_endpoint_and_bucket(s3_endpoint
 
 
 async def test_wrong_credentials_are_one_line(
-    s3store: S3Store, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+    inprocess_s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await s3store.put("k", b"x")
-    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto checks keys
-    for attempt in (s3store.check(), s3store.get("k"), s3store.put("k", b"y")):
-        with pytest.raises(StoreError) as info:
-            await attempt
-        message = _one_line(info.value)
-        assert "credentials rejected (InvalidAccessKeyId)" in message
-        assert s3_endpoint in message
+    endpoint = inprocess_s3_endpoint
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="creds-test")
+    async with S3Store("creds-test", endpoint_url=endpoint, max_attempts=1) as store:
+        await store.put("k", b"x")
+        monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # check keys
+        for attempt in (store.check(), store.get("k"), store.put("k", b"y")):
+            with pytest.raises(StoreError) as info:
+                await attempt
+            message = _one_line(info.value)
+            assert "credentials rejected (InvalidAccessKeyId)" in message
+            assert endpoint in message
 
 
 async def test_unreachable_endpoint_is_one_line() -> None:

@@ -101,6 +101,7 @@ class RelayClient:
         self._poller: asyncio.Task[None] | None = None
         self._alive_at = -float("inf")
         self._alive = False
+        self._alive_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
         return self
@@ -118,10 +119,20 @@ class RelayClient:
     # ------------------------------------------------------------------- liveness
 
     async def forwarder_alive(self, *, refresh: bool = False) -> bool:
-        """Whether a forwarder signed by the pinned key wrote a fresh heartbeat."""
-        now = self.clock()
-        if not refresh and now - self._alive_at < self.heartbeat_check:
+        """Whether a forwarder signed by the pinned key wrote a fresh heartbeat.
+
+        The answer is cached for ``heartbeat_check`` seconds, and concurrent callers share
+        one refresh.
+        """
+        if not refresh and self.clock() - self._alive_at < self.heartbeat_check:
             return self._alive
+        async with self._alive_lock:
+            if not refresh and self.clock() - self._alive_at < self.heartbeat_check:
+                return self._alive  # refreshed while we waited for the lock
+            return await self._read_heartbeats()
+
+    async def _read_heartbeats(self) -> bool:
+        now = self.clock()
         alive = False
         async for key in self.store.list(layout.HEARTBEATS):
             try:
@@ -252,22 +263,22 @@ class RelayClient:
             )
         except BaseException:
             self._waiters.pop(request_id, None)
-            await self._discard(request_id, request=True)
+            await self._discard(waiter, request=True)
             raise
         return RelayResponse(self, opened, waiter, timeout)
 
-    async def _discard(self, request_id: str, *, request: bool = False) -> None:
-        """Delete what is left of an exchange (best effort: the janitor is the backstop)."""
-        prefixes = [layout.envelope_prefix("responses", self.key.name, request_id)]
-        if request:
-            prefixes.append(layout.envelope_prefix("requests", self.key.name, request_id))
+    async def _discard(self, waiter: _Waiter, *, request: bool = False) -> None:
+        """Delete what is left of an exchange: the response objects this client saw, and
+        (after a failure) the request. Best effort: the janitor is the backstop."""
+        keys = sorted(waiter.keys)
         try:
-            for prefix in prefixes:
-                keys = [k async for k in self.store.list(prefix)]
-                for key in keys:
-                    await self.store.delete(key)
+            if request:
+                prefix = layout.envelope_prefix("requests", self.key.name, waiter.request_id)
+                keys += [k async for k in self.store.list(prefix)]
+            for key in keys:
+                await self.store.delete(key)
         except StoreError as exc:
-            log.warning("could not clean up request %s: %s", request_id, exc)
+            log.warning("could not clean up request %s: %s", waiter.request_id, exc)
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
@@ -325,7 +336,7 @@ class RelayResponse:
         if not self._closed:
             self._closed = True
             self._client._waiters.pop(self.id, None)
-            await self._client._discard(self.id)
+            await self._client._discard(self._waiter)
 
     async def __aenter__(self) -> Self:
         return self

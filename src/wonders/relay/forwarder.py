@@ -4,13 +4,16 @@ Theory of operation:
 
 * **Poll.** One LIST of ``requests/`` per interval (adaptive, see ``_polling``) finds
   request heads. Heads are started fairly: round-robin across clients, oldest first
-  within a client, up to ``max_in_flight`` at once.
+  within a client, up to ``max_in_flight`` at once and up to each client's
+  ``max_concurrent``; the rest wait in the mailbox until a slot frees (a concurrency cap
+  schedules, it does not refuse).
 * **Claim.** ``claims/<id>/0000`` is created create-only: among forwarders sharing the
   mailbox, one wins. A claim whose forwarder instance is gone (its heartbeat is stale or
   names another instance) is taken over by creating the next attempt, again create-only.
   A takeover re-executes only idempotent methods; a POST or PATCH gets a 502 that says it
-  was not retried. ``claims/<id>/done`` marks an answered request until it expires, so a
-  copied head is never executed twice.
+  was not retried. Claims stay, with ``claims/<id>/done`` once answered, until the request
+  can no longer open (``max_request_lifetime`` + skew), so a copied head is never
+  executed twice. A janitor then deletes them, and whatever else outlived its expiry.
 * **Open.** Only a request signed by the client whose mailbox holds it, under its own id,
   within its lifetime, is executed. Unauthenticated objects are deleted and logged; an
   authenticated but expired request is answered with an error, never executed.
@@ -31,7 +34,7 @@ import functools
 import logging
 import secrets
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +50,7 @@ from wonders.crypto import (
     ResponseHead,
     Sealed,
     open_request,
+    request_id_time,
     seal_response,
 )
 from wonders.errors import EnvelopeError, ObjectExists, ObjectNotFound, StoreError
@@ -86,6 +90,10 @@ class ForwarderSettings:
     total_timeout: float = 3600.0
     max_redirects: int = 10
     grace: float = 30.0
+    #: Longest request lifetime accepted; claims are kept this long (plus skew), so a
+    #: copied head is refused as a replay for as long as it could still open.
+    max_request_lifetime: float = 3600.0
+    janitor_interval: float = 60.0
 
 
 @dataclass
@@ -221,6 +229,7 @@ class Forwarder:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._active: dict[str, asyncio.Task[None]] = {}
+        self._per_client: Counter[str] = Counter()
         self._recheck: dict[str, float] = {}  # claimed by others: when to look again
         #: Set once the first heartbeat is stored: from then on clients see this forwarder.
         self.ready = asyncio.Event()
@@ -250,15 +259,17 @@ class Forwarder:
     async def run(self) -> None:
         """Serve until :meth:`stop`; then finish in-flight work and clean up."""
         heartbeat = asyncio.create_task(self._heartbeats(), name="wonders-heartbeat")
+        janitor = asyncio.create_task(self._janitor(), name="wonders-janitor")
         try:
             await self._write_heartbeat()
             self.ready.set()
             await self._poll()
             await self._drain()
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for task in (heartbeat, janitor):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             with contextlib.suppress(StoreError):
                 await self.store.delete(layout.heartbeat_key(self.settings.id))
             await self._upstream.close()
@@ -273,6 +284,38 @@ class Forwarder:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+    async def _janitor(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.janitor_interval)
+            try:
+                removed = await self.sweep()
+            except StoreError as exc:
+                log.warning("janitor: %s", exc)
+                continue
+            if removed:
+                log.info("janitor removed %d expired objects", removed)
+
+    async def sweep(self) -> int:
+        """Delete what outlived its expiry: claims of requests that can no longer open,
+        unclaimed requests and unread responses. Returns how many objects went."""
+        now = self.clock()
+        horizon = self.settings.max_request_lifetime + self.settings.skew
+        unread = horizon + self.settings.response_lifetime
+        removed = 0
+        for prefix, limit in ((layout.CLAIMS, horizon), (layout.REQUESTS, horizon),
+                              (layout.RESPONSES, unread)):
+            keys = [k async for k in self.store.list(prefix)]
+            for key in keys:
+                request_id = _request_id_in(key)
+                try:
+                    age = now - request_id_time(request_id)
+                except ValueError:
+                    continue
+                if age > limit and request_id not in self._active:
+                    await self.store.delete(key)
+                    removed += 1
+        return removed
 
     async def _heartbeats(self) -> None:
         while True:
@@ -309,18 +352,26 @@ class Forwarder:
             for parsed in _fair(heads):
                 if self.in_flight >= self.settings.max_in_flight:
                     break
-                rid = parsed.request_id
+                rid, client = parsed.request_id, parsed.client
                 if rid in self._active or self._recheck.get(rid, 0.0) > self.clock():
                     continue
+                entry = self._policy.clients.get(client)
+                cap = entry.max_concurrent if entry else None
+                if cap is not None and self._per_client[client] >= cap:
+                    continue  # waits in the mailbox for one of this client's slots
                 task = asyncio.create_task(self._start(parsed), name=f"wonders-request-{rid}")
                 self._active[rid] = task
-                task.add_done_callback(functools.partial(self._finished, rid))
+                self._per_client[client] += 1
+                task.add_done_callback(functools.partial(self._finished, rid, client))
                 started += 1
             interval = self._backoff.reset() if started or self._active else self._backoff.next()
             await wait_event(self._wake, interval)
 
-    def _finished(self, request_id: str, _task: object = None) -> None:
+    def _finished(self, request_id: str, client: str, _task: object = None) -> None:
         self._active.pop(request_id, None)
+        self._per_client[client] -= 1
+        if self._per_client[client] <= 0:
+            del self._per_client[client]
         self._wake.set()
 
     async def _list_heads(self) -> AsyncIterator[EnvelopeKey]:
@@ -360,6 +411,11 @@ class Forwarder:
             return 0
         except ObjectExists:
             pass
+        if rid not in self._recheck:
+            # Just lost the race (or first sight of an old claim): a claim made moments ago
+            # cannot be stale, so only look closer if the request is still here later.
+            self._recheck[rid] = now + self.settings.stale_after / 2
+            return None
         keys = [k async for k in self.store.list(layout.claim_prefix(rid))]
         if layout.done_key(rid) in keys:
             await self._delete_request(client, rid)  # answered: only leftovers remain
@@ -421,7 +477,7 @@ class Forwarder:
             outcome.bytes_down = writer.bytes
             with contextlib.suppress(ObjectExists):
                 await self.store.put(layout.done_key(rid), b"", create_only=True)
-            await self._delete_request(client, rid, claims=True)
+            await self._delete_request(client, rid, streamed=opened.body is None)
         finally:
             self._log(client, rid, opened, outcome, started)
 
@@ -437,7 +493,7 @@ class Forwarder:
                       skew=self.settings.skew, expected_id=rid,
                       expected_sender=entry.bundle.kid if entry else "")
         try:
-            return open_request(data, **kwargs)  # type: ignore[arg-type]
+            opened = open_request(data, **kwargs)  # type: ignore[arg-type]
         except EnvelopeError as exc:
             self.counters.rejected += 1
             if exc.reason in ("expired", "not-yet-valid"):
@@ -454,8 +510,23 @@ class Forwarder:
                     await self.store.put(layout.done_key(rid), b"", create_only=True)
             else:
                 log.warning("request %s in %s's mailbox removed: %s", rid, client, exc)
-            await self._delete_request(client, rid, claims=True)
+            await self._delete_request(client, rid)
             return None
+        longest = self.settings.max_request_lifetime
+        if opened.expires - opened.issued > longest:
+            self.counters.rejected += 1
+            head, body = _error_head(
+                400, "request-lifetime",
+                f"wonders: request refused: it asks to stay valid for "
+                f"{opened.expires - opened.issued:.0f} s; this forwarder accepts {longest:.0f} s",
+            )
+            with contextlib.suppress(ObjectExists):
+                await _ResponseWriter(self, opened, client).whole(head, body)
+            with contextlib.suppress(ObjectExists):
+                await self.store.put(layout.done_key(rid), b"", create_only=True)
+            await self._delete_request(client, rid)
+            return None
+        return opened
 
     async def _serve(
         self, client: str, request: OpenedRequest, attempt: int, writer: _ResponseWriter,
@@ -668,16 +739,16 @@ class Forwarder:
 
     # ------------------------------------------------------------------- cleanup
 
-    async def _delete_request(self, client: str, rid: str, *, claims: bool = False) -> None:
-        """Delete a request's objects (and its claim attempts, keeping ``done``)."""
-        keys = [k async for k in self.store.list(layout.envelope_prefix("requests", client, rid))]
+    async def _delete_request(self, client: str, rid: str, *, streamed: bool = True) -> None:
+        """Delete a request's objects (an inline one is just its head); its claims stay
+        until the janitor's turn."""
+        if streamed:
+            prefix = layout.envelope_prefix("requests", client, rid)
+            keys = [k async for k in self.store.list(prefix)]
+        else:
+            keys = [layout.head_key("requests", client, rid)]
         for key in keys:
             await self.store.delete(key)
-        if claims:
-            keys = [k async for k in self.store.list(layout.claim_prefix(rid))]
-            for key in keys:
-                if not key.endswith("/done"):
-                    await self.store.delete(key)
 
     def _log(self, client: str, rid: str, request: OpenedRequest | None, outcome: _Outcome,
              started: float) -> None:
@@ -689,6 +760,13 @@ class Forwarder:
             "ms=%.0f", rid, client, method, host, outcome.decision, outcome.status or "-",
             outcome.error or "-", outcome.bytes_up, outcome.bytes_down, ms,
         )
+
+
+def _request_id_in(key: str) -> str:
+    """The request id in ``claims/<id>/…`` or ``requests|responses/<client>/<id>/…``."""
+    parts = key.split("/")
+    index = 1 if parts[0] == layout.CLAIMS.rstrip("/") else 2
+    return parts[index] if len(parts) > index else ""
 
 
 def _fair(heads: list[EnvelopeKey]) -> list[EnvelopeKey]:
