@@ -7,6 +7,9 @@ to fix (bad usage, configuration or policy, as click does for usage).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 import socket
 import sys
 import time
@@ -17,8 +20,8 @@ from urllib.parse import urlsplit
 import click
 
 from wonders import __version__
-from wonders.crypto import PrivateKey, check_name, write_key_files
-from wonders.errors import WondersError
+from wonders.crypto import PrivateKey, check_name, load_private_key, write_key_files
+from wonders.errors import KeyFileError, PolicyError, StoreError, WondersError
 from wonders.relay.addresses import IPAddress, parse_ip_literal
 from wonders.relay.policy import Decision, Policy, load_policy
 
@@ -136,6 +139,75 @@ def policy_check(
         click.echo(f"{decision.action.upper():<6} {method.upper()} {url}  [{decision.rule}]"
                    f"  {decision.reason}")
     sys.exit(0 if all_allowed else 1)
+
+
+@main.command()
+@click.option("--config", "config_file", required=True, type=click.Path(path_type=Path),
+              help="The forwarder's config file (TOML).")
+@click.option("--upstream-ca", type=click.Path(path_type=Path),
+              help="Extra CA bundle to trust for upstream TLS (overrides the config key).")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def forward(config_file: Path, upstream_ca: Path | None, verbose: bool) -> None:
+    """Run the internet-side forwarder until SIGTERM or SIGINT.
+
+    It polls the mailbox, executes each allowed request once, streams the sealed responses
+    back, and logs one line per request. SIGHUP reloads the policy file (an invalid file
+    keeps the old policy). Startup problems (config, keys, policy, mailbox) are one line
+    and exit status 2.
+    """
+    from wonders.config import load_forwarder_config
+    from wonders.relay import open_store
+    from wonders.relay.forwarder import Forwarder
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("botocore", "aiobotocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    config = load_forwarder_config(config_file)
+    try:
+        key = load_private_key(config.key)
+    except KeyFileError as exc:
+        exc.exit_code = 2
+        raise
+    rules = load_policy(config.policy)
+    extra_ca = upstream_ca or config.upstream_ca
+    if extra_ca is not None and not extra_ca.is_file():
+        raise click.BadParameter(f"{extra_ca}: no such CA file", param_hint="--upstream-ca")
+
+    async def serve() -> None:
+        store = open_store(config.mailbox, endpoint_url=config.endpoint,
+                           path_style=config.path_style)
+        async with store:
+            try:
+                await store.check()
+            except StoreError as exc:
+                exc.exit_code = 2
+                raise
+            forwarder = Forwarder(store, key, rules, config.settings,
+                                  upstream_ca=str(extra_ca) if extra_ca else None)
+            loop = asyncio.get_running_loop()
+
+            def reload() -> None:
+                try:
+                    forwarder.reload(load_policy(config.policy))
+                except PolicyError as exc:
+                    logging.getLogger("wonders.forwarder").error(
+                        "policy not reloaded, keeping the old one: %s", exc)
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, forwarder.stop)
+            loop.add_signal_handler(signal.SIGHUP, reload)
+            click.echo(
+                f"wonders forward: {config.settings.id} serving {store.url} as "
+                f"{key.name} ({key.kid}); policy {config.policy} with "
+                f"{len(rules.clients)} clients", err=True,
+            )
+            await forwarder.run()
+            click.echo(f"wonders forward: {config.settings.id} stopped", err=True)
+
+    asyncio.run(serve())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,6 +43,8 @@ class Upstream:
     ca_file: Path
     hits: Counter[str] = field(default_factory=Counter)
     sse_go: asyncio.Event = field(default_factory=asyncio.Event)
+    held: asyncio.Event = field(default_factory=asyncio.Event)  # a request reached /hold
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # let /hold answer
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -88,6 +90,15 @@ async def _sse(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _hold(request: web.Request) -> web.Response:
+    upstream = request.app[UPSTREAM]
+    upstream.hits[request.path] += 1
+    await request.read()
+    upstream.held.set()
+    await upstream.release.wait()
+    return web.Response(text=f"released {request.method}")
+
+
 async def _redirect(request: web.Request) -> web.Response:
     request.app[UPSTREAM].hits[request.path] += 1
     raise web.HTTPFound(location=request.query["to"])
@@ -115,6 +126,7 @@ async def serve_upstream(tmp_path: Path, host: str = "127.0.0.1") -> AsyncIterat
     app.router.add_get("/bytes/{size}", _bytes)
     app.router.add_get("/sse", _sse)
     app.router.add_get("/redirect", _redirect)
+    app.router.add_route("*", "/hold", _hold)
     app.router.add_route("*", "/status/{code}", _status)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

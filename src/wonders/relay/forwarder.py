@@ -411,9 +411,10 @@ class Forwarder:
             return 0
         except ObjectExists:
             pass
-        if rid not in self._recheck:
-            # Just lost the race (or first sight of an old claim): a claim made moments ago
-            # cannot be stale, so only look closer if the request is still here later.
+        young = now - request_id_time(rid) < self.settings.stale_after / 2
+        if rid not in self._recheck and young:
+            # Just lost the race for a new request: a claim made moments ago cannot be
+            # stale, so only look closer if the request is still here later.
             self._recheck[rid] = now + self.settings.stale_after / 2
             return None
         keys = [k async for k in self.store.list(layout.claim_prefix(rid))]
