@@ -242,3 +242,50 @@ async def test_sigkill_mid_request_then_restart(
         assert await second.wait() == 0
     assert upstream.hits["/hold"] == hits
     assert "took over a stale claim" in second.output()
+
+
+def _vm(pid: int, field: str) -> int:
+    """A /proc/<pid>/status memory figure, in bytes (VmRSS now, VmHWM the peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+@pytest.mark.slow
+async def test_a_64_mib_response_streams_with_bounded_memory_on_both_sides(
+    tmp_path: Path, upstream: Upstream, keys: Keys, mailbox: DirectoryStore,
+    processes: list[Process],
+) -> None:
+    import hashlib
+    import tracemalloc
+
+    size = 64 * 1024 * 1024
+    policy = tmp_path / "keys" / "policy.toml"
+    policy.write_text(policy.read_text().replace('"32 MiB"', '"128 MiB"'))
+    process = _start(tmp_path, _config(tmp_path, upstream), processes)
+    await _until_alive(mailbox, keys, process)
+    forwarder_before = _vm(process.proc.pid, "VmHWM")
+    digest, total = hashlib.sha256(), 0
+    tracemalloc.start()
+    try:
+        async with client_for(mailbox, keys) as client:
+            async with await client.request("GET", f"{upstream.url}/bytes/{size}") as response:
+                async for piece in response.iter_body():
+                    digest.update(piece)
+                    total += len(piece)
+        _, client_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    forwarder_growth = _vm(process.proc.pid, "VmHWM") - forwarder_before
+    mib = 1024 * 1024
+    print(f"\n64 MiB response: client-side peak traced {client_peak / mib:.1f} MiB, "
+          f"forwarder peak RSS grew {forwarder_growth / mib:.1f} MiB")
+    expected = hashlib.sha256((bytes(range(256)) * 4096 * 64)[:size]).hexdigest()
+    assert total == size
+    assert digest.hexdigest() == expected
+    # A few 1 MiB segments in flight on each side, never the body.
+    assert client_peak < 16 * mib
+    assert forwarder_growth < 32 * mib
+    process.proc.send_signal(signal.SIGTERM)
+    assert await process.wait() == 0

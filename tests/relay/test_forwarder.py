@@ -22,7 +22,7 @@ from tests.relay.harness import (
     running_forwarder,
     serve_upstream,
 )
-from wonders.crypto import RequestHead, new_request_id, seal_request
+from wonders.crypto import PrivateKey, RequestHead, new_request_id, seal_request
 from wonders.errors import EnvelopeError, NoForwarder
 from wonders.relay import Store, layout
 from wonders.relay.client import RelayResponse
@@ -227,26 +227,66 @@ async def test_no_forwarder_fails_fast(store: Store, keys: Keys, upstream: Upstr
     assert [k async for k in store.list("requests/")] == []
 
 
-async def test_unauthenticated_junk_is_removed_without_reaching_upstream(
-    store: Store, keys: Keys, upstream: Upstream
+def _bad_request(keys: Keys, upstream: Upstream, case: str) -> tuple[str, bytes]:
+    """A request head that must never reach the network, stored under gpu01's mailbox."""
+    rid = new_request_id(1_795_305_600)
+    sender = keys.clients["gpu01"]
+    if case == "unknown-sender":
+        sender = PrivateKey.generate("gpu01")  # same name, another key
+    elif case == "wrong-sender":
+        sender = keys.clients["locked"]  # registered, but not this mailbox's owner
+    sealed = seal_request(RequestHead("GET", f"{upstream.url}/echo"), request_id=rid,
+                          sender=sender, recipient=keys.forwarder.public, now=1_795_305_600)
+    data = sealed.data
+    if case == "tampered":
+        data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+    return layout.head_key("requests", "gpu01", rid), data
+
+
+@pytest.mark.parametrize("case", ["unknown-sender", "wrong-sender", "tampered", "garbage"])
+async def test_unauthenticated_requests_are_removed_without_reaching_upstream(
+    store: Store, keys: Keys, upstream: Upstream, case: str
 ) -> None:
-    now = asyncio.get_running_loop().time()
-    rid = new_request_id(1_795_305_600 + now % 1)
-    stranger = keys.clients["gpu01"].__class__.generate("gpu01")  # same name, other key
-    forged = seal_request(RequestHead("GET", f"{upstream.url}/echo"), request_id=rid,
-                          sender=stranger, recipient=keys.forwarder.public, now=1_795_305_600)
-    head = layout.head_key("requests", "gpu01", rid)
-    await store.put(head, forged.data)
-    await store.put("requests/gpu01/garbage", b"not an envelope")
+    if case == "garbage":
+        head, data = "requests/gpu01/garbage", b"not an envelope"
+    else:
+        head, data = _bad_request(keys, upstream, case)
+    await store.put(head, data)
     async with running_forwarder(store, keys, upstream) as forwarder:
-        for _ in range(500):
-            if not await store.exists(head) and not await store.exists("requests/gpu01/garbage"):
+        for _ in range(500):  # deadline-bounded: the forwarder deletes it
+            if not await store.exists(head):
                 break
             await asyncio.sleep(0.01)
-        assert forwarder.counters.rejected == 1
-    assert not await store.exists(head)
+        assert not await store.exists(head)
+        assert forwarder.counters.rejected == (0 if case == "garbage" else 1)
     assert upstream.hits["/echo"] == 0
     assert [k async for k in store.list("responses/")] == []
+
+
+async def test_a_host_header_that_differs_from_the_url_is_refused(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    host = upstream.url.split("://")[1]
+    async with running_forwarder(store, keys, upstream), client_for(store, keys) as client:
+        async with await client.request("GET", f"{upstream.url}/echo",
+                                        (("Host", "internal.example"),)) as response:
+            assert response.status == 400
+            assert response.header("X-Wonders-Error") == "host-mismatch"
+        async with await client.request("GET", f"{upstream.url}/echo",
+                                        (("Host", host.upper()),)) as response:
+            assert response.status == 200  # the same host, however it is spelled
+    assert upstream.hits["/echo"] == 1
+
+
+def test_scheduling_is_round_robin_across_clients() -> None:
+    from wonders.relay.forwarder import _fair
+
+    flood = [layout.EnvelopeKey("requests", "busy", new_request_id(1000 + i), None)
+             for i in range(10)]
+    late = layout.EnvelopeKey("requests", "quiet", new_request_id(2000), None)
+    order = [p.client for p in _fair([*flood, late])]
+    assert order[:2] == ["busy", "quiet"]  # the newcomer does not wait behind the flood
+    assert [p.request_id for p in _fair(flood)] == sorted(p.request_id for p in flood)
 
 
 async def test_expired_request_is_answered_not_executed(
