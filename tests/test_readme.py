@@ -12,9 +12,10 @@ README = Path(__file__).parent.parent / "README.md"
 
 def test_readme_python_example_runs(tmp_path: Path) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
-    assert blocks, "the README has no Python example"
+    runnable = [b for b in blocks if "asyncio.run(main())" in b]
+    assert runnable, "the README has no runnable Python example"
     script = tmp_path / "example.py"
-    script.write_text(blocks[0])
+    script.write_text(runnable[0])
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
@@ -50,3 +51,41 @@ def test_readme_policy_example_loads_and_decides_as_shown(tmp_path: Path) -> Non
     result = runner.invoke(main, args)
     assert result.exit_code == 1
     assert result.output == shown.group(2)
+
+
+def test_readme_forwarder_config_loads(tmp_path: Path) -> None:
+    from wonders.config import load_forwarder_config
+
+    block = re.search(r"```toml\n# forwarder.toml\n(.*?)```", README.read_text(), re.DOTALL)
+    assert block is not None
+    (tmp_path / "forwarder.toml").write_text(block.group(1))
+    config = load_forwarder_config(tmp_path / "forwarder.toml")
+    assert config.settings.id == "fw1"
+    assert config.mailbox == "s3://wonders/cluster-a"
+    assert config.key == tmp_path / "fw1.key"
+
+
+async def test_readme_relay_client_example_runs(tmp_path: Path) -> None:
+    """The RelayClient snippet, with its paths pointed at a real forwarder and upstream."""
+    import textwrap
+
+    from tests.relay.harness import make_keys, running_forwarder, serve_upstream
+    from wonders.crypto import write_key_files
+    from wonders.relay import DirectoryStore
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    snippet = next(b for b in blocks if "RelayClient(" in b and "asyncio.run" not in b)
+    async with serve_upstream(tmp_path) as upstream:
+        keys = make_keys(tmp_path, int(upstream.url.rsplit(":", 1)[1]))
+        write_key_files(keys.forwarder, tmp_path / "keys", force=True)
+        (tmp_path / "mailbox").mkdir()
+        store = DirectoryStore(tmp_path / "mailbox")
+        code = (snippet.replace("file:///shared/wonders", store.url)
+                .replace('"gpu01.key"', repr(str(tmp_path / "keys" / "gpu01.key")))
+                .replace('"fw1.pub"', repr(str(tmp_path / "keys" / "fw.pub")))
+                .replace("https://pypi.org/simple/", f"{upstream.url}/echo"))
+        namespace: dict[str, object] = {}
+        exec("async def example():\n" + textwrap.indent(code, "    "), namespace)  # noqa: S102
+        async with running_forwarder(store, keys, upstream):
+            await namespace["example"]()  # type: ignore[operator]
+    assert upstream.hits["/echo"] == 1
