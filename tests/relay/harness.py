@@ -99,6 +99,53 @@ async def _hold(request: web.Request) -> web.Response:
     return web.Response(text=f"released {request.method}")
 
 
+def _probe_wheel() -> bytes:
+    """A minimal, valid wheel of a package 'wonders-probe' (module wonders_probe)."""
+    import base64
+    import io
+    import zipfile
+
+    files = {
+        "wonders_probe.py": b"VALUE = 42\n",
+        "wonders_probe-1.0.dist-info/METADATA":
+            b"Metadata-Version: 2.1\nName: wonders-probe\nVersion: 1.0\n",
+        "wonders_probe-1.0.dist-info/WHEEL":
+            b"Wheel-Version: 1.0\nGenerator: wonders-tests\nRoot-Is-Purelib: true\n"
+            b"Tag: py3-none-any\n",
+    }
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append("wonders_probe-1.0.dist-info/RECORD,,")
+    files["wonders_probe-1.0.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        for name, data in files.items():
+            wheel.writestr(name, data)
+    return buffer.getvalue()
+
+
+_WHEEL = _probe_wheel()
+_WHEEL_NAME = "wonders_probe-1.0-py3-none-any.whl"
+
+
+async def _simple(request: web.Request) -> web.Response:
+    request.app[UPSTREAM].hits[request.path] += 1
+    if request.match_info.get("project") in (None, ""):
+        return web.Response(text='<a href="wonders-probe/">wonders-probe</a>',
+                            content_type="text/html")
+    digest = hashlib.sha256(_WHEEL).hexdigest()
+    return web.Response(
+        text=f'<a href="../../packages/{_WHEEL_NAME}#sha256={digest}">{_WHEEL_NAME}</a>',
+        content_type="text/html")
+
+
+async def _package(request: web.Request) -> web.Response:
+    request.app[UPSTREAM].hits[request.path] += 1
+    return web.Response(body=_WHEEL, content_type="application/octet-stream")
+
+
 async def _redirect(request: web.Request) -> web.Response:
     request.app[UPSTREAM].hits[request.path] += 1
     raise web.HTTPFound(location=request.query["to"])
@@ -127,6 +174,9 @@ async def serve_upstream(tmp_path: Path, host: str = "127.0.0.1") -> AsyncIterat
     app.router.add_get("/sse", _sse)
     app.router.add_get("/redirect", _redirect)
     app.router.add_route("*", "/hold", _hold)
+    app.router.add_get("/simple/", _simple)
+    app.router.add_get("/simple/{project}/", _simple)
+    app.router.add_get(f"/packages/{_WHEEL_NAME}", _package)
     app.router.add_route("*", "/status/{code}", _status)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -49,6 +49,7 @@ from wonders.relay.addresses import IPAddress, classify, parse_ip_literal
 __all__ = [
     "DEFAULT_METHODS",
     "AddressEntry",
+    "AnyHost",
     "ClientPolicy",
     "Decision",
     "Guarded",
@@ -162,7 +163,18 @@ class AddressEntry:
         return address.version == self.network.version and address in self.network
 
 
-Entry = HostPattern | AddressEntry
+@dataclass(frozen=True, slots=True)
+class AnyHost:
+    """Every host name. Only for policies built in code (``wonder-run --local``): a policy
+    file cannot say it, since a bare ``*`` there is far more often a mistake."""
+
+    text: str = "*"
+
+    def matches(self, host: str) -> bool:
+        return True
+
+
+Entry = HostPattern | AddressEntry | AnyHost
 
 
 def _entry(text: str) -> Entry:
@@ -200,7 +212,7 @@ def _find(entries: Sequence[Entry], host: str, address: IPAddress | None) -> int
         if address is not None:
             if isinstance(entry, AddressEntry) and entry.matches(address):
                 return i
-        elif isinstance(entry, HostPattern) and entry.matches(host):
+        elif isinstance(entry, HostPattern | AnyHost) and entry.matches(host):
             return i
     return None
 
@@ -217,7 +229,7 @@ class ClientPolicy:
     allow: tuple[Entry, ...] = ()
     deny: tuple[Entry, ...] = ()
     methods: tuple[str, ...] = DEFAULT_METHODS
-    ports: tuple[int, ...] = _DEFAULT_PORTS
+    ports: tuple[int, ...] | None = _DEFAULT_PORTS  # None: any port (policies built in code)
     schemes: tuple[str, ...] = _DEFAULT_SCHEMES
     max_request_bytes: int | None = 16 * _MIB
     max_response_bytes: int | None = None
@@ -300,7 +312,7 @@ class Policy:
         if scheme not in entry.schemes:
             return violation(f"{who}: schemes {list(entry.schemes)}",
                              f"scheme {scheme!r} is not allowed for {client}")
-        if port not in entry.ports:
+        if entry.ports is not None and port not in entry.ports:
             return violation(f"{who}: ports {list(entry.ports)}",
                              f"port {port} is not allowed for {client}")
         if method not in entry.methods:

@@ -1,0 +1,361 @@
+"""``wonder-run``: start the proxy, run a command through it, stop the proxy.
+
+The command runs unmodified with ``HTTP(S)_PROXY`` pointing at a local mitmproxy on a free
+port and a trust bundle (certifi + system roots + the proxy CA) in the variables common
+clients read, so TLS verification stays on. ``--local`` needs no setup at all: a
+temporary directory mailbox, throwaway keys and a forwarder inside this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import tomllib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import click
+
+from wonders.crypto import PrivateKey, PublicBundle, load_private_key, load_public_bundle
+from wonders.errors import ConfigError, WondersError
+from wonders.proxy.ca import ca_dir, check_ca_key, write_trust_bundle
+from wonders.relay import DirectoryStore, Store, open_store
+from wonders.relay.client import RelayClient
+from wonders.relay.forwarder import Forwarder, ForwarderSettings
+from wonders.relay.policy import AddressEntry, AnyHost, ClientPolicy, Policy
+
+if TYPE_CHECKING:
+    from wonders.proxy.bridge import Bridge
+
+__all__ = ["ClientConfig", "find_client_config", "load_client_config", "local_policy", "main"]
+
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT",
+                "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO")
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+LOCAL_SETTINGS = ForwarderSettings(id="local", poll_fast=0.005, poll_slow=0.25,
+                                   heartbeat_interval=2.0, stale_after=10.0, flush_idle=0.02)
+_CONFIG_KEYS = ("key", "forwarder", "mailbox", "endpoint", "path_style", "timeout")
+
+
+# ------------------------------------------------------------------------ configuration
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """The GPU side's config file (see the README)."""
+
+    source: Path
+    key: Path
+    forwarder: Path
+    mailbox: str
+    endpoint: str | None = None
+    path_style: bool = False
+    timeout: float = 300.0
+
+
+def _candidates(explicit: Path | None) -> list[tuple[str, Path]]:
+    if explicit is not None:
+        return [("--config", explicit)]
+    found = []
+    if os.environ.get("WONDERS_CONFIG"):
+        found.append(("$WONDERS_CONFIG", Path(os.environ["WONDERS_CONFIG"])))
+    found.append(("./wonders.toml", Path("wonders.toml")))
+    found.append(("~/.config/wonders/client.toml",
+                  Path.home() / ".config" / "wonders" / "client.toml"))
+    return found
+
+
+def find_client_config(explicit: Path | None) -> Path:
+    """The config to use: ``--config``, ``$WONDERS_CONFIG``, ``./wonders.toml`` or
+    ``~/.config/wonders/client.toml``, the first that exists."""
+    candidates = _candidates(explicit)
+    for how, path in candidates:
+        if path.is_file():
+            return path
+        if how in ("--config", "$WONDERS_CONFIG"):
+            raise ConfigError(f"{path}: no such config file (given by {how})")
+    looked = ", ".join(how for how, _ in candidates)
+    raise ConfigError(
+        f"no client config found (looked at {looked}); write one as the README shows "
+        "('key', 'forwarder', 'mailbox'), or try 'wonder-run --local'"
+    )
+
+
+def load_client_config(path: Path) -> ClientConfig:
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for key in doc:
+        if key not in _CONFIG_KEYS:
+            close = difflib.get_close_matches(key, _CONFIG_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{path}: {key}: unknown key{hint}")
+
+    def text(key: str) -> str:
+        value = doc.get(key)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path}: {key}: missing, or not a string")
+        return value
+
+    timeout = doc.get("timeout", 300.0)
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+        raise ConfigError(f"{path}: timeout: expected seconds above 0")
+    path_style = doc.get("path_style", False)
+    if not isinstance(path_style, bool):
+        raise ConfigError(f"{path}: path_style: expected true or false")
+    endpoint = doc.get("endpoint")
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise ConfigError(f"{path}: endpoint: expected a URL string")
+    base = path.parent
+    return ClientConfig(path, base / Path(text("key")).expanduser(),
+                        base / Path(text("forwarder")).expanduser(), text("mailbox"),
+                        endpoint, path_style, float(timeout))
+
+
+def local_policy(client: PrivateKey, *, allow_private: bool) -> Policy:
+    """``--local``: any public host on any port, no limits; private addresses only if
+    asked."""
+    everywhere = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+    entry = ClientPolicy(
+        name=client.name, bundle=client.public,
+        allow=(AnyHost(), AddressEntry("0.0.0.0/0", everywhere[0]),
+               AddressEntry("::/0", everywhere[1])),
+        ports=None, max_request_bytes=None, max_response_bytes=None, rate_per_minute=None,
+        max_concurrent=64, egress_bytes_per_day=None,
+        allow_private=everywhere if allow_private else (),
+    )
+    return Policy({client.name: entry}, source="wonder-run --local", digest="local")
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass
+class Options:
+    command: list[str]
+    config: ClientConfig | None = None
+    local: bool = False
+    allow_private: bool = False
+    upstream_ca: Path | None = None
+    mailbox: Path | None = None
+    no_proxy: Sequence[str] = ()
+    verbose: bool = False
+    say: Callable[[str], None] = field(default=lambda line: click.echo(line, err=True))
+
+
+def child_env(port: int, bundle: Path, no_proxy: Sequence[str]) -> dict[str, str]:
+    env = dict(os.environ)
+    proxy = f"http://127.0.0.1:{port}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+        env[name] = env[name.lower()] = proxy
+    bypass = ",".join(dict.fromkeys([*LOOPBACK, *no_proxy]))
+    env["NO_PROXY"] = env["no_proxy"] = bypass
+    for name in CA_VARIABLES:
+        env[name] = str(bundle)
+    return env
+
+
+def command_line(command: Sequence[str]) -> list[str]:
+    """``script.py ARGS`` runs with this Python, as della_wonders did."""
+    if command and command[0].endswith(".py") and Path(command[0]).is_file():
+        return [sys.executable, *command]
+    return list(command)
+
+
+@contextlib.asynccontextmanager
+async def _relay(opts: Options, work: Path) -> AsyncIterator[RelayClient]:
+    """The RelayClient for this run, with the in-process forwarder in --local mode."""
+    store: Store
+    if opts.local:
+        mailbox = opts.mailbox or work / "mailbox"
+        mailbox.mkdir(parents=True, exist_ok=True)
+        store = DirectoryStore(mailbox)
+        key, forwarder_key = PrivateKey.generate("local"), PrivateKey.generate("local-fw")
+        policy = local_policy(key, allow_private=opts.allow_private)
+        forwarder = Forwarder(store, forwarder_key, policy, LOCAL_SETTINGS,
+                              upstream_ca=str(opts.upstream_ca) if opts.upstream_ca else None)
+        task = asyncio.create_task(forwarder.run(), name="wonders-local-forwarder")
+        ready = asyncio.create_task(forwarder.ready.wait())
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if not forwarder.ready.is_set():
+            await task  # raises what stopped it
+            raise WondersError("the local forwarder stopped at once")
+        try:
+            async with RelayClient(store, key, forwarder_key.public, poll_fast=0.005,
+                                   poll_slow=0.25) as client:
+                yield client
+        finally:
+            forwarder.stop()
+            await task
+        return
+    assert opts.config is not None
+    config = opts.config
+    key = load_private_key(config.key)
+    bundle: PublicBundle = load_public_bundle(config.forwarder)
+    store = open_store(config.mailbox, endpoint_url=config.endpoint,
+                       path_style=config.path_style)
+    async with store:
+        await store.check(f"responses/{key.name}/")
+        async with RelayClient(store, key, bundle) as client:
+            yield client
+
+
+async def _start_proxy(
+    bridge: Bridge, listening: asyncio.Event, verbose: bool
+) -> tuple[Any, asyncio.Task[None], int]:
+    from mitmproxy.options import Options as MitmOptions
+    from mitmproxy.tools.dump import DumpMaster
+
+    from wonders.proxy.bridge import WondersAddon
+
+    confdir = ca_dir()
+    check_ca_key(confdir)
+    # mitmproxy's own annotations leave parts of this API untyped: hold it as Any
+    master: Any = DumpMaster(MitmOptions(listen_host="127.0.0.1", listen_port=0,
+                                         confdir=str(confdir)),
+                             with_termlog=False, with_dumper=False)
+    master.options.update(upstream_cert=False, connection_strategy="lazy")
+    master.addons.add(WondersAddon(bridge, listening))
+    if not verbose:
+        logging.getLogger("mitmproxy").setLevel(logging.ERROR)
+    task = asyncio.create_task(master.run(), name="wonders-proxy")
+    waiter = asyncio.create_task(listening.wait())
+    await asyncio.wait({task, waiter}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    if not listening.is_set():
+        waiter.cancel()
+        master.shutdown()
+        with contextlib.suppress(BaseException):
+            await task
+        raise WondersError("the proxy could not start (see the messages above)")
+    addresses = master.addons.get("proxyserver").listen_addrs()
+    return master, task, int(addresses[0][1])
+
+
+def _in_foreground() -> bool:
+    """Whether a terminal's Ctrl-C reaches the child by itself (same foreground group)."""
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+async def _run_child(command: list[str], env: dict[str, str], say: Callable[[str], None]) -> int:
+    try:
+        child = await asyncio.create_subprocess_exec(*command, env=env)
+    except FileNotFoundError:
+        say(f"wonder-run: cannot run {command[0]!r}: no such command or file")
+        return 127
+    except PermissionError:
+        say(f"wonder-run: cannot run {command[0]!r}: permission denied")
+        return 126
+    loop = asyncio.get_running_loop()
+
+    def forward(sig: signal.Signals) -> None:
+        if child.returncode is None and not (sig == signal.SIGINT and _in_foreground()):
+            child.send_signal(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, forward, sig)
+    try:
+        code = await child.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 128 - code if code < 0 else code
+
+
+async def run(opts: Options) -> int:
+    """Run ``opts.command`` through the relay; returns its exit status."""
+    from wonders.proxy.bridge import Bridge
+
+    work = Path(tempfile.mkdtemp(prefix="wonder-run-"))
+    try:
+        async with _relay(opts, work) as client:
+            timeout = opts.config.timeout if opts.config else 300.0
+            bridge = Bridge(client, timeout=timeout,
+                            on_request=(lambda line: opts.say(f"wonder-run: {line}"))
+                            if opts.verbose else None)
+            await bridge.start()
+            listening = asyncio.Event()
+            try:
+                master, task, port = await _start_proxy(bridge, listening, opts.verbose)
+            except BaseException:
+                await bridge.close()
+                raise
+            try:
+                bundle = write_trust_bundle(ca_dir(), work / "ca-bundle.pem")
+                no_proxy = list(opts.no_proxy)
+                if opts.config and opts.config.endpoint:
+                    no_proxy.append(urlsplit(opts.config.endpoint).hostname or "")
+                env = child_env(port, bundle, [h for h in no_proxy if h])
+                code = await _run_child(command_line(opts.command), env, opts.say)
+            finally:
+                master.shutdown()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await bridge.close()
+            opts.say(f"wonder-run: {bridge.stats.summary()}")
+            return code
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------- CLI
+
+
+@click.command(context_settings={"ignore_unknown_options": True,
+                                 "allow_interspersed_args": False,
+                                 "help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="Client config (default: $WONDERS_CONFIG, ./wonders.toml, "
+                   "~/.config/wonders/client.toml).")
+@click.option("--local", is_flag=True,
+              help="No setup: a temporary mailbox and a forwarder inside this process.")
+@click.option("--allow-private", is_flag=True,
+              help="With --local: let requests reach private addresses (loopback, LAN).")
+@click.option("--upstream-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --local: an extra CA bundle the local forwarder trusts upstream.")
+@click.option("--mailbox", type=click.Path(file_okay=False, path_type=Path),
+              help="With --local: keep the mailbox in this directory instead of a temporary one.")
+@click.option("--no-proxy", multiple=True, metavar="HOST",
+              help="Another host the command reaches directly (repeatable).")
+@click.option("-v", "--verbose", is_flag=True, help="One line per request on stderr.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def main(config_file: Path | None, local: bool, allow_private: bool, upstream_ca: Path | None,
+         mailbox: Path | None, no_proxy: tuple[str, ...], verbose: bool,
+         command: tuple[str, ...]) -> None:
+    """Run COMMAND with its HTTP(S) requests relayed to the internet through wonders.
+
+    \b
+      wonder-run --local -- curl https://pypi.org/simple/
+      wonder-run train.py --epochs 3        (a .py file runs with this Python)
+
+    Exits with the command's status (128 + N if signal N killed it), after one summary
+    line on stderr.
+    """
+    if not local and (allow_private or upstream_ca or mailbox):
+        raise click.UsageError("--allow-private, --upstream-ca and --mailbox go with --local")
+    try:
+        config = None if local else load_client_config(find_client_config(config_file))
+        opts = Options(list(command), config, local, allow_private, upstream_ca, mailbox,
+                       no_proxy, verbose)
+        code = asyncio.run(run(opts))
+    except WondersError as exc:
+        click.echo(f"wonder-run: error: {exc}", err=True)
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+    sys.exit(code)
+

@@ -1,0 +1,320 @@
+"""``wonder-run`` end to end: unmodified clients, TLS verification on, through the relay.
+
+The upstream is a loopback HTTPS server on 127.0.0.2 (outside NO_PROXY's loopback names)
+whose CA only the forwarder is given (``--upstream-ca``): a client that tried to reach it
+directly, or with its own trust store, would fail verification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.relay.harness import Upstream, serve_upstream
+
+WONDER_RUN = str(Path(sys.executable).parent / "wonder-run")
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One proxy CA for the session, as one user would have."""
+    monkeypatch.setenv("WONDERS_HOME", str(tmp_path_factory.getbasetemp() / "wonders-home"))
+
+
+@pytest.fixture
+async def upstream(tmp_path: Path) -> AsyncIterator[Upstream]:
+    async with serve_upstream(tmp_path, host="127.0.0.2") as server:
+        yield server
+
+
+@dataclass
+class Done:
+    code: int
+    out: str
+    err: str
+
+
+async def wonder_run(*args: str, timeout: float = 120) -> Done:  # noqa: ASYNC109
+    proc = await asyncio.create_subprocess_exec(
+        WONDER_RUN, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return Done(proc.returncode, out.decode(), err.decode())
+
+
+def local(upstream: Upstream, *extra: str) -> list[str]:
+    return ["--local", "--allow-private", "--upstream-ca", str(upstream.ca_file), *extra, "--"]
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+# ----------------------------------------------------------------------- the clients
+
+
+CLIENTS = {
+    "requests": """
+        import requests, sys
+        r = requests.get(sys.argv[1] + "/echo?via=requests")
+        print(r.status_code, r.json()["path"])
+    """,
+    "httpx-sync": """
+        import httpx, sys
+        r = httpx.get(sys.argv[1] + "/echo?via=httpx")
+        print(r.status_code, r.json()["path"])
+    """,
+    "httpx-async": """
+        import asyncio, httpx, sys
+        async def main():
+            async with httpx.AsyncClient() as client:
+                r = await client.get(sys.argv[1] + "/echo?via=httpx-async")
+                print(r.status_code, r.json()["path"])
+        asyncio.run(main())
+    """,
+    "urllib": """
+        import json, sys, urllib.request
+        with urllib.request.urlopen(sys.argv[1] + "/echo?via=urllib") as r:
+            print(r.status, json.load(r)["path"])
+    """,
+    "aiohttp": """
+        import asyncio, aiohttp, sys
+        async def main():
+            async with aiohttp.ClientSession(trust_env=True) as session:
+                async with session.get(sys.argv[1] + "/echo?via=aiohttp") as r:
+                    print(r.status, (await r.json())["path"])
+        asyncio.run(main())
+    """,
+}
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+async def test_unmodified_python_clients_with_verification_on(
+    upstream: Upstream, client: str
+) -> None:
+    done = await wonder_run(*local(upstream), *python(CLIENTS[client]), upstream.url)
+    assert done.code == 0, done.err
+    via = client.replace("-sync", "")
+    assert done.out.strip() == f"200 /echo?via={via}"
+    assert "1 requests" in done.err.splitlines()[-1]
+
+
+async def test_curl(upstream: Upstream) -> None:
+    done = await wonder_run(*local(upstream), "curl", "-sS", "--fail", f"{upstream.url}/echo")
+    assert done.code == 0, done.err
+    assert '"method": "GET"' in done.out
+
+
+async def test_a_direct_connection_would_not_verify(upstream: Upstream) -> None:
+    """The control: without the relay, the same client cannot verify the upstream."""
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", f"{upstream.url}/echo", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 60, err  # curl: peer certificate cannot be authenticated
+
+
+async def test_post_with_a_20_mib_body(upstream: Upstream) -> None:
+    code = """
+        import hashlib, requests, sys
+        body = hashlib.sha256(b"seed").digest() * (20 * 1024 * 1024 // 32)
+        r = requests.post(sys.argv[1] + "/echo", data=body)
+        doc = r.json()
+        print(r.status_code, doc["length"], doc["sha256"] == hashlib.sha256(body).hexdigest())
+    """
+    done = await wonder_run(*local(upstream), *python(code), upstream.url)
+    assert done.code == 0, done.err
+    assert done.out.split() == ["200", str(20 * 1024 * 1024), "True"]
+
+
+async def test_server_sent_events_arrive_one_by_one(upstream: Upstream) -> None:
+    code = """
+        import requests, sys
+        with requests.get(sys.argv[1] + "/sse", stream=True) as r:
+            for line in r.iter_lines():
+                if line:
+                    print(line.decode(), flush=True)
+    """
+    proc = await asyncio.create_subprocess_exec(
+        WONDER_RUN, *local(upstream), *python(code), upstream.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), 60)
+    assert first == b"data: first\n"
+    assert not upstream.sse_go.is_set()  # the upstream still holds the stream open
+    upstream.sse_go.set()
+    rest, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
+    assert rest == b"data: second\n"
+
+
+async def test_pip_install_from_a_loopback_index(upstream: Upstream, tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    done = await wonder_run(
+        *local(upstream), sys.executable, "-m", "pip", "install", "--no-cache-dir",
+        "--disable-pip-version-check", "--index-url", f"{upstream.url}/simple/",
+        "--target", str(target), "wonders-probe")
+    assert done.code == 0, done.out + done.err
+    assert (target / "wonders_probe.py").read_text() == "VALUE = 42\n"
+
+
+# ------------------------------------------------------------------------ what fails
+
+
+async def test_private_address_denied_without_allow_private(upstream: Upstream) -> None:
+    done = await wonder_run("--local", "--upstream-ca", str(upstream.ca_file), "--",
+                            "curl", "-sS", "-i", f"{upstream.url}/echo")
+    assert done.code == 0, done.err
+    assert re.search(r"^HTTP/[\d.]+ 403", done.out, re.MULTILINE), done.out
+    assert "x-wonders-error: policy-denied" in done.out.lower()
+    assert "address guard: loopback" in done.out
+    assert "1 denied" in done.err
+    assert upstream.hits["/echo"] == 0
+
+
+async def test_websocket_upgrade_is_refused_with_501(upstream: Upstream) -> None:
+    done = await wonder_run(*local(upstream), "curl", "-sS", "-i", "--http1.1",
+                            "-H", "Connection: Upgrade",
+                            "-H", "Upgrade: websocket", "-H", "Sec-WebSocket-Version: 13",
+                            "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                            f"{upstream.url}/echo")
+    assert re.search(r"^HTTP/1.1 501", done.out, re.MULTILINE), done.out + done.err
+    assert "x-wonders-error: unsupported" in done.out.lower()
+    assert upstream.hits["/echo"] == 0
+
+
+# ------------------------------------------------------------------- the command itself
+
+
+async def test_exit_status_is_the_commands(upstream: Upstream) -> None:
+    done = await wonder_run(*local(upstream), *python("import sys; sys.exit(7)"))
+    assert done.code == 7
+    killed = await wonder_run(*local(upstream),
+                              *python("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    assert killed.code == 128 + signal.SIGKILL
+
+
+async def test_sigterm_is_forwarded_to_the_command(upstream: Upstream) -> None:
+    code = """
+        import signal, sys, time
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(42))
+        print("ready", flush=True)
+        signal.pause()
+    """
+    proc = await asyncio.create_subprocess_exec(
+        WONDER_RUN, *local(upstream), *python(code),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"ready\n"
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 42, err
+
+
+async def test_a_python_script_runs_with_this_python(upstream: Upstream, tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text("import sys\nprint(sys.executable, sys.argv[1:])\n")
+    done = await wonder_run(*local(upstream)[:-1], str(script), "--epochs", "3")
+    assert done.code == 0, done.err
+    assert done.out.strip() == f"{sys.executable} ['--epochs', '3']"
+
+
+async def test_environment_given_to_the_command(upstream: Upstream) -> None:
+    code = """
+        import os
+        for name in ("HTTP_PROXY", "https_proxy", "NO_PROXY", "SSL_CERT_FILE",
+                     "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS",
+                     "GIT_SSL_CAINFO"):
+            print(name, os.environ[name])
+    """
+    done = await wonder_run(*local(upstream, "--no-proxy", "intranet.example"), *python(code))
+    assert done.code == 0, done.err
+    env = dict(line.split(" ", 1) for line in done.out.splitlines())
+    assert env["HTTP_PROXY"].startswith("http://127.0.0.1:")
+    assert env["https_proxy"] == env["HTTP_PROXY"]
+    assert env["NO_PROXY"] == "localhost,127.0.0.1,::1,intranet.example"
+    bundles = {env[n] for n in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+                                "PIP_CERT", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO")}
+    assert len(bundles) == 1
+    assert not Path(bundles.pop()).exists()  # the per-run bundle is removed afterwards
+
+
+async def test_the_ca_is_made_once_and_kept(upstream: Upstream) -> None:
+    home = Path(os.environ["WONDERS_HOME"]) / "proxy-ca"
+    await wonder_run(*local(upstream), "true")
+    key = home / "mitmproxy-ca.pem"
+    before = key.read_bytes()
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    await wonder_run(*local(upstream), "true")
+    assert key.read_bytes() == before
+
+
+async def test_an_unsafe_ca_key_stops_before_the_command_runs(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    await wonder_run(*local(upstream), "true")
+    key = Path(os.environ["WONDERS_HOME"]) / "proxy-ca" / "mitmproxy-ca.pem"
+    key.chmod(0o644)
+    marker = tmp_path / "ran"
+    try:
+        done = await wonder_run(*local(upstream), "touch", str(marker))
+    finally:
+        key.chmod(0o600)
+    assert done.code == 2
+    assert "chmod 600" in done.err
+    assert not marker.exists()
+
+
+async def test_missing_config_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    done = await wonder_run("true")
+    assert done.code == 2
+    assert done.err.count("\n") == 1
+    assert "no client config found" in done.err
+    assert "wonder-run --local" in done.err
+
+
+async def test_a_command_that_does_not_exist(upstream: Upstream) -> None:
+    done = await wonder_run(*local(upstream), "no-such-command-xyz")
+    assert done.code == 127
+    assert "cannot run 'no-such-command-xyz'" in done.err
+
+
+@pytest.mark.slow
+async def test_a_512_mib_download_with_bounded_memory(upstream: Upstream) -> None:
+    """The child checks the SHA-256 and reads the proxy's peak memory (it is its parent;
+    with --local the forwarder runs in that process too)."""
+    size = 512 * 1024 * 1024
+    code = f"""
+        import hashlib, os, requests, sys
+        digest, total = hashlib.sha256(), 0
+        with requests.get(sys.argv[1] + "/bytes/{size}", stream=True) as r:
+            for chunk in r.iter_content(1024 * 1024):
+                digest.update(chunk)
+                total += len(chunk)
+        status = open(f"/proc/{{os.getppid()}}/status").read()
+        peak = next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]
+        print(total, digest.hexdigest(), int(peak) // 1024)
+    """
+    done = await wonder_run(*local(upstream), *python(code), upstream.url, timeout=600)
+    assert done.code == 0, done.err
+    total, digest, peak_mib = done.out.split()
+    expected = hashlib.sha256()
+    block = bytes(range(256)) * 4096
+    for _ in range(size // len(block)):
+        expected.update(block)
+    print(f"\n512 MiB through wonder-run --local: proxy+forwarder peak RSS {peak_mib} MiB")
+    assert int(total) == size
+    assert digest == expected.hexdigest()
+    assert int(peak_mib) < 300
