@@ -89,3 +89,29 @@ async def test_readme_relay_client_example_runs(tmp_path: Path) -> None:
         async with running_forwarder(store, keys, upstream):
             await namespace["example"]()  # type: ignore[operator]
     assert upstream.hits["/echo"] == 1
+
+
+def test_readme_client_config_loads(tmp_path: Path) -> None:
+    from wonders.proxy.run import load_client_config
+
+    block = re.search(r"```toml\n# client.toml\n(.*?)```", README.read_text(), re.DOTALL)
+    assert block is not None
+    (tmp_path / "client.toml").write_text(block.group(1))
+    config = load_client_config(tmp_path / "client.toml")
+    assert (config.key, config.forwarder) == (tmp_path / "gpu01.key", tmp_path / "fw1.pub")
+    assert config.timeout == 300
+
+
+def test_readme_wonder_run_flags_exist() -> None:
+    """Every option the README shows for wonder-run is one it accepts."""
+    from click.testing import CliRunner
+
+    from wonders.proxy.run import main
+
+    help_text = CliRunner().invoke(main, ["--help"]).output
+    shown = set(re.findall(r"wonder-run[^\n`]*", README.read_text()))
+    own = [re.split(r" \[?--\]? ", line)[0] for line in shown]  # the command's flags follow --
+    flags = {flag for line in own for flag in re.findall(r"--[a-z][a-z-]+", line)}
+    assert flags, "no flags found"
+    for flag in flags:
+        assert flag in help_text, flag
