@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from wonders.crypto import Headers
-from wonders.errors import EnvelopeError, NoForwarder
+from wonders.errors import EnvelopeError, NoForwarder, RelayTimeout
 from wonders.proxy.bridge import Bridge
 from wonders.proxy.run import _start_proxy
 
@@ -81,9 +81,44 @@ async def test_a_body_failing_verification_aborts_the_connection(headers: Header
     assert isinstance(outcome, requests.exceptions.ChunkedEncodingError | requests.ConnectionError)
 
 
-async def test_no_forwarder_is_a_503_with_a_clear_line() -> None:
-    outcome = await _through_proxy(_Relay(fail=NoForwarder("no forwarder is alive on x")))
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (NoForwarder("no forwarder is alive on x"), 503, "no-forwarder"),
+        (RelayTimeout("no response for request y in time"), 504, "timeout"),
+        (EnvelopeError("tampered", "response head does not authenticate"), 502,
+         "verification-failed"),
+    ],
+    ids=["503", "504", "502"],
+)
+async def test_relay_failures_are_one_line_with_a_status(
+    error: Exception, status: int, code: str
+) -> None:
+    outcome = await _through_proxy(_Relay(fail=error))
     assert isinstance(outcome, requests.Response)
-    assert outcome.status_code == 503
-    assert outcome.headers["X-Wonders-Error"] == "no-forwarder"
-    assert outcome.text == "wonders: no forwarder is alive on x\n"
+    assert outcome.status_code == status
+    assert outcome.headers["X-Wonders-Error"] == code
+    assert outcome.text.startswith("wonders: ")
+    assert outcome.text.count("\n") == 1
+
+
+async def test_non_http_traffic_in_a_tunnel_is_refused_not_hung() -> None:
+    """An SSH client through CONNECT: the proxy refuses to connect anywhere and closes."""
+    bridge = Bridge(_Relay())  # type: ignore[arg-type]
+    await bridge.start()
+    master, task, port = await _start_proxy(bridge, asyncio.Event(), verbose=False)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"CONNECT 10.0.0.1:22 HTTP/1.1\r\nHost: 10.0.0.1:22\r\n\r\n")
+        await writer.drain()
+        established = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert established.startswith(b"HTTP/1.1 200")
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+        await writer.drain()
+        rest = await asyncio.wait_for(reader.read(), 10)  # EOF: the tunnel was closed
+        assert b"SSH" not in rest
+        writer.close()
+    finally:
+        master.shutdown()
+        await task
+        await bridge.close()

@@ -98,3 +98,73 @@ async def test_against_a_forwarder_on_s3_then_without_one(
     assert "no forwarder is alive" in gone.out
     assert loop.time() - started < 30  # at once, not after the 60 s timeout
     assert upstream.hits["/echo"] == 2
+
+
+@pytest.mark.slow
+async def test_512_mib_with_both_processes_peak_memory_reported(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """wonder-run and a 'wonders forward' process over a directory mailbox; the child
+    checks the SHA-256 and reads its parent's (the proxy's) peak memory."""
+    import hashlib
+    import textwrap
+
+    port = upstream.url.rsplit(":", 1)[1]
+    for name in ("fw1", "gpu01"):
+        write_key_files(PrivateKey.generate(name), tmp_path)
+    (tmp_path / "mailbox").mkdir()
+    mailbox = (tmp_path / "mailbox").as_uri()
+    (tmp_path / "policy.toml").write_text(
+        '[clients.gpu01]\nbundle = "gpu01.pub"\nallow = ["127.0.0.2"]\n'
+        f'allow_private = ["127.0.0.2/32"]\nports = [{port}]\nmax_response_bytes = "1 GiB"\n')
+    (tmp_path / "forwarder.toml").write_text(
+        f'id = "fw1"\nkey = "fw1.key"\npolicy = "policy.toml"\nmailbox = "{mailbox}"\n'
+        f'upstream_ca = "{upstream.ca_file}"\n[tuning]\npoll_fast = 0.005\npoll_slow = 0.2\n')
+    (tmp_path / "client.toml").write_text(
+        f'key = "gpu01.key"\nforwarder = "fw1.pub"\nmailbox = "{mailbox}"\n')
+    log = (tmp_path / "forwarder.log").open("wb")
+    forwarder = await asyncio.create_subprocess_exec(
+        WONDERS, "forward", "--config", str(tmp_path / "forwarder.toml"), stdout=log,
+        stderr=log)
+    try:
+        heartbeat = tmp_path / "mailbox" / "status" / "forwarders" / "fw1.json"
+        for _ in range(300):  # deadline-bounded wait for the first heartbeat
+            if heartbeat.exists():
+                break
+            await asyncio.sleep(0.05)
+        size = 512 * 1024 * 1024
+        code = textwrap.dedent(f"""
+            import hashlib, os, requests, sys
+            digest, total = hashlib.sha256(), 0
+            with requests.get(sys.argv[1] + "/bytes/{size}", stream=True) as r:
+                for chunk in r.iter_content(1024 * 1024):
+                    digest.update(chunk)
+                    total += len(chunk)
+            status = open(f"/proc/{{os.getppid()}}/status").read()
+            peak = next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]
+            print(total, digest.hexdigest(), int(peak) // 1024)
+        """)
+        started = asyncio.get_running_loop().time()
+        done = await wonder_run("--config", str(tmp_path / "client.toml"), "--",
+                                sys.executable, "-c", code, upstream.url, timeout=600)
+        seconds = asyncio.get_running_loop().time() - started
+        status = Path(f"/proc/{forwarder.pid}/status").read_text()
+        forwarder_peak = int(next(line for line in status.splitlines()
+                                  if line.startswith("VmHWM:")).split()[1]) // 1024
+    finally:
+        forwarder.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(forwarder.wait(), 60)
+        log.close()
+    assert done.code == 0, done.err
+    total, digest, proxy_peak = done.out.split()
+    expected = hashlib.sha256()
+    block = bytes(range(256)) * 4096
+    for _ in range(size // len(block)):
+        expected.update(block)
+    print(f"\n512 MiB via wonder-run + wonders forward (directory mailbox): {seconds:.1f} s, "
+          f"{size / seconds / 1e6:.0f} MB/s; peak RSS: proxy {proxy_peak} MiB, "
+          f"forwarder {forwarder_peak} MiB")
+    assert int(total) == size
+    assert digest == expected.hexdigest()
+    assert int(proxy_peak) < 300
+    assert forwarder_peak < 300

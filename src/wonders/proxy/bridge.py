@@ -205,16 +205,17 @@ def _no_query(url: str) -> str:
 
 
 class WondersAddon:
-    """The mitmproxy addon: every flow goes to the bridge, and nowhere else."""
+    """The mitmproxy addon: every flow goes to the bridge, and nowhere else. Its hooks are
+    async and never wait on I/O, so no flow holds up another."""
 
     def __init__(self, bridge: Bridge, listening: asyncio.Event) -> None:
         self.bridge = bridge
         self.listening = listening
 
-    def running(self) -> None:
+    async def running(self) -> None:
         self.listening.set()  # mitmproxy calls this once its servers are bound
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
         request = flow.request
@@ -233,10 +234,10 @@ class WondersAddon:
         request.scheme, request.host, request.port = "http", "127.0.0.1", self.bridge.port
         request.headers[TOKEN_HEADER] = token
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             flow.response.stream = True
 
-    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         if data.server.address != ("127.0.0.1", self.bridge.port):
             data.server.error = "wonders: the proxy connects to nothing but its relay"
