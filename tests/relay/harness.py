@@ -27,7 +27,10 @@ from wonders.relay.forwarder import Forwarder, ForwarderSettings
 from wonders.relay.policy import Policy, load_policy
 
 FAST = ForwarderSettings(
-    id="fw-test", poll_fast=0.005, poll_slow=0.1, heartbeat_interval=0.5, stale_after=3.0,
+    # stale_after is generous: on a loaded shared machine a heartbeat can be late, and a
+    # live forwarder's claim must not look stale (takeover tests rely on restarts, which
+    # change the instance and are seen at once).
+    id="fw-test", poll_fast=0.005, poll_slow=0.1, heartbeat_interval=0.5, stale_after=10.0,
     flush_idle=0.02, grace=5.0, read_timeout=10.0,
 )
 

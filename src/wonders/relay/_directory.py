@@ -5,7 +5,9 @@ Each object is a file at ``root/<key>``. Writers publish atomically: the bytes g
 temporary dot-file in the target directory, which is then renamed over the key (plain put)
 or hard-linked to it (create-only: ``link`` fails if the name exists, atomically, also over
 NFS), so a reader never sees a partial object and two create-only writers never both win.
-Blocking filesystem calls run in worker threads; nothing here blocks the event loop.
+Blocking filesystem calls run in the store's own pool of I/O threads (not asyncio's small
+default pool, which other work shares): nothing here blocks the event loop, and a burst of
+mailbox I/O cannot starve, say, a heartbeat write.
 """
 
 from __future__ import annotations
@@ -13,17 +15,20 @@ from __future__ import annotations
 import asyncio
 import builtins
 import errno
+import functools
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Self
+from typing import IO, Self, TypeVar
 
 from wonders.errors import ObjectExists, ObjectNotFound, StoreError
 from wonders.relay._store import check_key, check_prefix
 
 __all__ = ["DirectoryStore"]
 
+_T = TypeVar("_T")
 _TMP = ".tmp-"
 _KEY_CEILING = "\x7f"  # above every character a key may hold
 
@@ -31,8 +36,13 @@ _KEY_CEILING = "\x7f"  # above every character a key may hold
 class DirectoryStore:
     """A mailbox in a local or shared directory. The directory must exist."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, threads: int = 32) -> None:
         self.root = Path(root).absolute()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wonders-dir")
+
+    async def _io(self, fn: Callable[..., _T], *args: object) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
 
     @property
     def url(self) -> str:
@@ -64,10 +74,10 @@ class DirectoryStore:
             if not os.access(self.root, os.W_OK | os.X_OK):
                 raise StoreError(f"{self.url}: directory is not writable by this user")
 
-        await asyncio.to_thread(probe)
+        await self._io(probe)
 
     async def close(self) -> None:
-        return None
+        self._pool.shutdown(wait=False)
 
     async def __aenter__(self) -> Self:
         return self
@@ -80,7 +90,7 @@ class DirectoryStore:
     async def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
         path = self._path(key)
         try:
-            created = await asyncio.to_thread(self._put, path, data, create_only)
+            created = await self._io(self._put, path, data, create_only)
         except OSError as exc:
             raise self._error("write", key, exc) from None
         if not created:
@@ -120,7 +130,7 @@ class DirectoryStore:
     async def delete(self, key: str) -> None:
         path = self._path(key)
         try:
-            await asyncio.to_thread(self._delete, path)
+            await self._io(self._delete, path)
         except OSError as exc:
             raise self._error("delete", key, exc) from None
 
@@ -139,7 +149,7 @@ class DirectoryStore:
     async def get(self, key: str) -> bytes:
         path = self._path(key)
         try:
-            return await asyncio.to_thread(path.read_bytes)
+            return await self._io(path.read_bytes)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(f"{self.url}: no object {key}") from None
         except OSError as exc:
@@ -148,13 +158,13 @@ class DirectoryStore:
     async def stream(self, key: str, *, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         path = self._path(key)
         try:
-            f: IO[bytes] = await asyncio.to_thread(open, path, "rb")
+            f: IO[bytes] = await self._io(open, path, "rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(f"{self.url}: no object {key}") from None
         except OSError as exc:
             raise self._error("read", key, exc) from None
         try:
-            while chunk := await asyncio.to_thread(f.read, chunk_size):
+            while chunk := await self._io(f.read, chunk_size):
                 yield chunk
         except OSError as exc:
             raise self._error("read", key, exc) from None
@@ -162,12 +172,12 @@ class DirectoryStore:
             f.close()
 
     async def exists(self, key: str) -> bool:
-        return await asyncio.to_thread(self._path(key).is_file)
+        return await self._io(self._path(key).is_file)
 
     async def list(self, prefix: str, *, start_after: str | None = None) -> AsyncIterator[str]:
         check_prefix(prefix)
         try:
-            keys = await asyncio.to_thread(self._list, prefix, start_after)
+            keys = await self._io(self._list, prefix, start_after)
         except OSError as exc:
             raise self._error("list", prefix or "/", exc) from None
         for key in keys:
