@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,26 @@ async def test_a_file_in_the_way_of_a_directory_is_a_clear_error(tmp_path: Path)
         await store.put("requests/a/head", b"y")
     assert not isinstance(info.value, ObjectExists)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("create_only", [True, False])
+async def test_put_survives_a_parent_removed_while_it_is_being_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, create_only: bool
+) -> None:
+    """Two deletes climbing through responses/gpu01/ can remove it right after a put
+    re-created it and before the put made gpu01/<id>/ inside (seen once in CI as 'No such
+    file or directory'). The interleaving is forced here: the put must retry and land."""
+    store = DirectoryStore(tmp_path)
+    real_mkdir = os.mkdir
+    removed: list[str] = []
+
+    def mkdir_then_lose_it(path: str, mode: int = 0o777) -> None:
+        real_mkdir(path, mode)
+        if Path(path).name == "gpu01" and not removed:
+            removed.append(path)
+            os.rmdir(path)  # the other delete's rmdir, landing in the window
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_lose_it)
+    await store.put("responses/gpu01/01A/head", b"x", create_only=create_only)
+    assert removed
+    assert await store.get("responses/gpu01/01A/head") == b"x"

@@ -98,18 +98,19 @@ class DirectoryStore:
 
     def _put(self, path: Path, data: bytes, create_only: bool) -> bool:
         """Publish ``data`` at ``path``; False if create-only found the name taken."""
-        # A concurrent delete may remove the (empty) parent directory between mkdir and
-        # the temporary file's creation: try again a few times.
-        for attempt in range(5):
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except FileExistsError:  # a file stands where a directory must be
-                raise NotADirectoryError(errno.ENOTDIR, "a parent is a file", path) from None
+        # Deletes remove parents that became empty. One can land while this put is making
+        # them (after it made responses/gpu01/, before it made gpu01/<id>/ inside) or
+        # before its temporary file exists: then make them again. Once the temporary file
+        # is in place its directory is not empty, so nothing can remove it.
+        for attempt in range(8):
             tmp = path.parent / f"{_TMP}{path.name}-{secrets.token_hex(6)}"
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:  # a file stands where a directory must be
+                raise NotADirectoryError(errno.ENOTDIR, "a parent is a file", path) from None
             except FileNotFoundError:
-                if attempt == 4:
+                if attempt == 7:
                     raise
                 continue
             try:
