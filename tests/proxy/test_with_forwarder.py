@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy.test_wonder_run import wonder_run
+from tests.proxy.test_wonder_run import CLIENTS, python, wonder_run
 from tests.relay.harness import Upstream, serve_upstream
 from wonders.crypto import PrivateKey, load_public_bundle, write_key_files
 from wonders.relay import S3Store
@@ -70,6 +70,40 @@ async def _start_forwarder(deployment: Path, bucket: str, s3_endpoint: str) -> (
             assert proc.returncode is None, (deployment / "forwarder.log").read_text()
             await asyncio.sleep(0.05)
     raise AssertionError("forwarder did not start")
+
+
+@pytest.fixture
+async def s3_forwarder(
+    deployment: Path, bucket: str, s3_endpoint: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await _start_forwarder(deployment, bucket, s3_endpoint)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+
+
+@pytest.mark.parametrize("client", [*CLIENTS, "curl", "pip"])
+async def test_clients_through_a_forwarder_on_s3(
+    deployment: Path, upstream: Upstream, s3_forwarder: asyncio.subprocess.Process,
+    client: str, tmp_path: Path,
+) -> None:
+    config = ["--config", str(deployment / "client.toml"), "--"]
+    if client == "curl":
+        done = await wonder_run(*config, "curl", "-sS", "--fail", f"{upstream.url}/echo")
+        assert '"method": "GET"' in done.out, done.err
+    elif client == "pip":
+        done = await wonder_run(
+            *config, sys.executable, "-m", "pip", "install", "--no-cache-dir",
+            "--disable-pip-version-check", "--index-url", f"{upstream.url}/simple/",
+            "--target", str(tmp_path / "site"), "wonders-probe")
+        assert (tmp_path / "site" / "wonders_probe.py").exists(), done.out + done.err
+    else:
+        done = await wonder_run(*config, *python(CLIENTS[client]), upstream.url)
+        via = client.replace("-sync", "")
+        assert done.out.strip() == f"200 /echo?via={via}", done.err
+    assert done.code == 0, done.err
 
 
 async def test_against_a_forwarder_on_s3_then_without_one(
