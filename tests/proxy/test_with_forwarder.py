@@ -11,24 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.proxy.conftest import download_child, pattern_sha256
 from tests.proxy.test_wonder_run import CLIENTS, python, wonder_run
-from tests.relay.harness import Upstream, serve_upstream
+from tests.relay.harness import Upstream
 from wonders.crypto import PrivateKey, load_public_bundle, write_key_files
 from wonders.relay import S3Store
 from wonders.relay.client import RelayClient
 
 WONDERS = str(Path(sys.executable).parent / "wonders")
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WONDERS_HOME", str(tmp_path_factory.getbasetemp() / "wonders-home"))
-
-
-@pytest.fixture
-async def upstream(tmp_path: Path) -> AsyncIterator[Upstream]:
-    async with serve_upstream(tmp_path, host="127.0.0.2") as server:
-        yield server
 
 
 @pytest.fixture
@@ -140,9 +130,6 @@ async def test_512_mib_with_both_processes_peak_memory_reported(
 ) -> None:
     """wonder-run and a 'wonders forward' process over a directory mailbox; the child
     checks the SHA-256 and reads its parent's (the proxy's) peak memory."""
-    import hashlib
-    import textwrap
-
     port = upstream.url.rsplit(":", 1)[1]
     for name in ("fw1", "gpu01"):
         write_key_files(PrivateKey.generate(name), tmp_path)
@@ -167,17 +154,7 @@ async def test_512_mib_with_both_processes_peak_memory_reported(
                 break
             await asyncio.sleep(0.05)
         size = 512 * 1024 * 1024
-        code = textwrap.dedent(f"""
-            import hashlib, os, requests, sys
-            digest, total = hashlib.sha256(), 0
-            with requests.get(sys.argv[1] + "/bytes/{size}", stream=True) as r:
-                for chunk in r.iter_content(1024 * 1024):
-                    digest.update(chunk)
-                    total += len(chunk)
-            status = open(f"/proc/{{os.getppid()}}/status").read()
-            peak = next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]
-            print(total, digest.hexdigest(), int(peak) // 1024)
-        """)
+        code = download_child(size)
         started = asyncio.get_running_loop().time()
         done = await wonder_run("--config", str(tmp_path / "client.toml"), "--",
                                 sys.executable, "-c", code, upstream.url, timeout=600)
@@ -191,14 +168,10 @@ async def test_512_mib_with_both_processes_peak_memory_reported(
         log.close()
     assert done.code == 0, done.err
     total, digest, proxy_peak = done.out.split()
-    expected = hashlib.sha256()
-    block = bytes(range(256)) * 4096
-    for _ in range(size // len(block)):
-        expected.update(block)
     print(f"\n512 MiB via wonder-run + wonders forward (directory mailbox): {seconds:.1f} s, "
           f"{size / seconds / 1e6:.0f} MB/s; peak RSS: proxy {proxy_peak} MiB, "
           f"forwarder {forwarder_peak} MiB")
     assert int(total) == size
-    assert digest == expected.hexdigest()
+    assert digest == pattern_sha256(size)
     assert int(proxy_peak) < 300
     assert forwarder_peak < 300

@@ -8,33 +8,20 @@ directly, or with its own trust store, would fail verification.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 import signal
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.relay.harness import Upstream, serve_upstream
+from tests.proxy.conftest import download_child, pattern_sha256
+from tests.relay.harness import Upstream
 
 WONDER_RUN = str(Path(sys.executable).parent / "wonder-run")
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One proxy CA for the session, as one user would have."""
-    monkeypatch.setenv("WONDERS_HOME", str(tmp_path_factory.getbasetemp() / "wonders-home"))
-
-
-@pytest.fixture
-async def upstream(tmp_path: Path) -> AsyncIterator[Upstream]:
-    async with serve_upstream(tmp_path, host="127.0.0.2") as server:
-        yield server
 
 
 @dataclass
@@ -296,25 +283,11 @@ async def test_a_512_mib_download_with_bounded_memory(upstream: Upstream) -> Non
     """The child checks the SHA-256 and reads the proxy's peak memory (it is its parent;
     with --local the forwarder runs in that process too)."""
     size = 512 * 1024 * 1024
-    code = f"""
-        import hashlib, os, requests, sys
-        digest, total = hashlib.sha256(), 0
-        with requests.get(sys.argv[1] + "/bytes/{size}", stream=True) as r:
-            for chunk in r.iter_content(1024 * 1024):
-                digest.update(chunk)
-                total += len(chunk)
-        status = open(f"/proc/{{os.getppid()}}/status").read()
-        peak = next(l for l in status.splitlines() if l.startswith("VmHWM:")).split()[1]
-        print(total, digest.hexdigest(), int(peak) // 1024)
-    """
-    done = await wonder_run(*local(upstream), *python(code), upstream.url, timeout=600)
+    done = await wonder_run(*local(upstream), sys.executable, "-c", download_child(size),
+                            upstream.url, timeout=600)
     assert done.code == 0, done.err
     total, digest, peak_mib = done.out.split()
-    expected = hashlib.sha256()
-    block = bytes(range(256)) * 4096
-    for _ in range(size // len(block)):
-        expected.update(block)
     print(f"\n512 MiB through wonder-run --local: proxy+forwarder peak RSS {peak_mib} MiB")
     assert int(total) == size
-    assert digest == expected.hexdigest()
+    assert digest == pattern_sha256(size)
     assert int(peak_mib) < 300
