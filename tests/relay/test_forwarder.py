@@ -23,7 +23,7 @@ from tests.relay.harness import (
     serve_upstream,
 )
 from wonders.crypto import PrivateKey, RequestHead, new_request_id, seal_request
-from wonders.errors import EnvelopeError, NoForwarder
+from wonders.errors import EnvelopeError, NoForwarder, RelayTimeout
 from wonders.relay import Store, layout
 from wonders.relay.client import RelayResponse
 
@@ -426,3 +426,31 @@ async def test_three_forwarders_execute_each_request_exactly_once(
     assert all(upstream.hits[f"/echo/{i}"] == 1 for i in range(count))
     assert sum(served) == count
     assert sum(1 for n in served if n > 0) >= 2  # the work was shared, not serialised
+
+
+async def test_a_request_in_flight_keeps_its_policy_across_a_reload(
+    store: Store, keys: Keys, upstream: Upstream, tmp_path: Path
+) -> None:
+    """The policy is reloaded without gpu01 while gpu01's request waits upstream: that
+    request still finishes under the policy it started with; the next one is refused."""
+    from wonders.relay.policy import load_policy
+
+    path = tmp_path / "keys" / "policy.toml"
+    text = path.read_text()
+    without = text[: text.index("[clients.gpu01]")] + text[text.index("[clients.locked]"):]
+    path.write_text(without)
+    reduced = load_policy(path)
+    async with running_forwarder(store, keys, upstream) as forwarder, \
+            client_for(store, keys) as client:
+        pending = asyncio.create_task(
+            client.request("GET", f"{upstream.url}/hold", timeout=30))
+        await asyncio.wait_for(upstream.held.wait(), 30)
+        forwarder.reload(reduced)
+        upstream.release.set()
+        async with await pending as response:
+            assert (response.status, await response.read()) == (200, b"released GET")
+        # gpu01's key is no longer registered: its next request cannot be authenticated,
+        # so it is removed unanswered (only known senders get answers) and times out.
+        with pytest.raises(RelayTimeout):
+            await client.request("GET", f"{upstream.url}/echo", timeout=2)
+    assert upstream.hits["/echo"] == 0

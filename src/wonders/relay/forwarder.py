@@ -241,8 +241,9 @@ class Forwarder:
         return self._policy
 
     def reload(self, policy: Policy) -> None:
-        """Use a new policy from now on; requests in flight keep the one they started with
-        for their decision, and limits carry over."""
+        """Use a new policy from now on. A request in flight keeps the policy it started
+        with (its decision, limits and redirects); the address guard, which runs at each
+        connection, always applies the newest. Rate and budget counters carry over."""
         self._policy = policy
         self._limiter.update(policy)
         log.info("policy reloaded from %s (digest %s)", policy.source, policy.digest[:16])
@@ -544,9 +545,13 @@ class Forwarder:
                               f"wonders: the forwarder handling this {method} stopped before "
                               "answering; it may or may not have reached the server, so it was "
                               "not sent again")
+        policy = self._policy  # this request's policy, whatever a reload does meanwhile
+        entry = policy.clients.get(client)
+        if entry is None:
+            raise _ErrorReply(403, "policy-denied",
+                              f"wonders: client {client!r} is no longer in the policy")
         size = len(request.body) if request.body is not None else None
-        decision = self._policy.decide(client, method, url, now=self.clock(),
-                                       request_bytes=size)
+        decision = policy.decide(client, method, url, now=self.clock(), request_bytes=size)
         outcome.decision = decision.action
         if not decision.allowed:
             self.counters.denied += 1
@@ -562,14 +567,15 @@ class Forwarder:
                               (("Retry-After", retry),))
         try:
             self.counters.allowed += 1
-            await self._fetch(client, request, writer, outcome)
+            await self._fetch(client, policy, request, writer, outcome)
         finally:
             self._limiter.release(client)
 
     async def _fetch(
-        self, client: str, request: OpenedRequest, writer: _ResponseWriter, outcome: _Outcome
+        self, client: str, policy: Policy, request: OpenedRequest, writer: _ResponseWriter,
+        outcome: _Outcome,
     ) -> None:
-        entry = self._policy.clients[client]
+        entry = policy.clients[client]
         headers = strip_hop_by_hop(request.head.headers)
         host = urlsplit(request.head.url).netloc.rpartition("@")[2]
         given = [v for k, v in headers if k.lower() == "host"]
@@ -580,7 +586,8 @@ class Forwarder:
         headers = tuple((k, v) for k, v in headers if k.lower() != "host")
         method, url = request.head.method, request.head.url
         body: bytes | AsyncIterator[bytes] | None = (
-            request.body if request.body is not None else self._request_body(client, request)
+            request.body if request.body is not None
+            else self._request_body(client, request, entry.max_request_bytes)
         )
         outcome.bytes_up = len(request.body) if request.body is not None else 0
         for hop in range(self.settings.max_redirects + 1):
@@ -608,38 +615,39 @@ class Forwarder:
                 raise _ErrorReply(502, "upstream-error",
                                   f"wonders: request to {where} failed: {exc}") from None
             async with response:
-                target = self._redirect(client, response, url, entry.follow_redirects, hop)
+                target = self._redirect(client, policy, response, url, hop)
                 if target is None:
-                    await self._relay(client, response, writer, outcome)
+                    await self._relay(client, entry.max_response_bytes, response, writer,
+                                      outcome)
                     return
                 method, url, body = target
         raise AssertionError("unreachable: the last hop is always relayed")
 
     def _redirect(
-        self, client: str, response: aiohttp.ClientResponse, url: str, follow: bool, hop: int
+        self, client: str, policy: Policy, response: aiohttp.ClientResponse, url: str, hop: int
     ) -> tuple[str, str, bytes | None] | None:
         """Where to go next, if this redirect is to be followed here."""
         location = response.headers.get("Location")
+        follow = policy.clients[client].follow_redirects
         if not (follow and response.status in _REDIRECTS and location):
             return None
         if hop >= self.settings.max_redirects:
             return None
         target = urljoin(url, location)
-        decision = self._policy.decide(client, "GET", target, now=self.clock())
+        decision = policy.decide(client, "GET", target, now=self.clock())
         if not decision.allowed:
             log.info("redirect to %s returned to %s: %s", target, client, decision)
             return None
         return "GET", target, None
 
     async def _relay(
-        self, client: str, response: aiohttp.ClientResponse, writer: _ResponseWriter,
-        outcome: _Outcome,
+        self, client: str, limit: int | None, response: aiohttp.ClientResponse,
+        writer: _ResponseWriter, outcome: _Outcome,
     ) -> None:
         """Seal and store the upstream response as it arrives."""
         outcome.status = response.status
         head = ResponseHead(response.status, response.reason or "",
                             response_headers(response.raw_headers))
-        limit = self._policy.clients[client].max_response_bytes
         settings = self.settings
         queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=4)
 
@@ -715,10 +723,11 @@ class Forwarder:
             await writer.segment(bytes(buffer))
             buffer.clear()
 
-    async def _request_body(self, client: str, request: OpenedRequest) -> AsyncIterator[bytes]:
+    async def _request_body(
+        self, client: str, request: OpenedRequest, limit: int | None
+    ) -> AsyncIterator[bytes]:
         """A streamed request body, verified segment by segment as aiohttp sends it."""
         opener = request.body_opener()
-        limit = self._policy.clients[client].max_request_bytes
         total = index = 0
         while not opener.done:
             key = layout.body_key("requests", client, request.id, index)
