@@ -454,3 +454,16 @@ async def test_a_request_in_flight_keeps_its_policy_across_a_reload(
         with pytest.raises(RelayTimeout):
             await client.request("GET", f"{upstream.url}/echo", timeout=2)
     assert upstream.hits["/echo"] == 0
+
+
+async def test_an_upstream_that_does_not_answer_hits_the_read_timeout(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    impatient = dataclasses.replace(FAST, read_timeout=0.5)
+    async with running_forwarder(store, keys, upstream, impatient), \
+            client_for(store, keys) as client:
+        async with await client.request("GET", f"{upstream.url}/hold") as response:
+            assert response.status == 504
+            assert response.header("X-Wonders-Error") == "upstream-timeout"
+            assert "did not answer in time" in (await response.read()).decode()
+        upstream.release.set()
