@@ -199,12 +199,18 @@ def forward(config_file: Path, upstream_ca: Path | None, verbose: bool) -> None:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, forwarder.stop)
             loop.add_signal_handler(signal.SIGHUP, reload)
-            click.echo(
-                f"wonders forward: {config.settings.id} serving {store.url} as "
-                f"{key.name} ({key.kid}); policy {config.policy} with "
-                f"{len(rules.clients)} clients", err=True,
-            )
-            await forwarder.run()
+            running = asyncio.create_task(forwarder.run())
+            ready = asyncio.create_task(forwarder.ready.wait())
+            await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if forwarder.ready.is_set():  # its first heartbeat is stored: clients see it
+                click.echo(
+                    f"wonders forward: {config.settings.id} serving {store.url} as "
+                    f"{key.name} ({key.kid}); policy {config.policy} with "
+                    f"{len(rules.clients)} clients", err=True,
+                )
+            else:
+                ready.cancel()
+            await running
             click.echo(f"wonders forward: {config.settings.id} stopped", err=True)
 
     asyncio.run(serve())
