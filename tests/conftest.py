@@ -12,6 +12,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tests.relay.harness import Upstream, serve_upstream
 from wonders.relay import DirectoryStore, S3Store, Store
 
 _SCRUBBED = (
@@ -102,3 +103,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         backend = S3Store(name, "mailbox", endpoint_url=endpoint, max_attempts=2)
     async with backend:
         yield backend
+
+
+@pytest.fixture
+async def upstream(tmp_path: Path) -> AsyncIterator[Upstream]:
+    """A loopback HTTPS upstream on 127.0.0.1 whose CA only the forwarder is given (the
+    proxy tests override this with one on 127.0.0.2, outside NO_PROXY's names)."""
+    async with serve_upstream(tmp_path) as server:
+        yield server

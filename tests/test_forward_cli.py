@@ -7,22 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.relay.harness import Keys, Upstream, client_for, make_keys, serve_upstream
+from tests.relay.harness import Keys, Upstream, client_for, make_keys
 from wonders.crypto import write_key_files
 from wonders.relay import DirectoryStore
 
 WONDERS = str(Path(sys.executable).parent / "wonders")
-
-
-@pytest.fixture
-async def upstream(tmp_path: Path) -> AsyncIterator[Upstream]:
-    async with serve_upstream(tmp_path) as server:
-        yield server
 
 
 @pytest.fixture

@@ -29,12 +29,6 @@ from wonders.relay.client import RelayResponse
 
 
 @pytest.fixture
-async def upstream(tmp_path: Path) -> AsyncIterator[Upstream]:
-    async with serve_upstream(tmp_path) as server:
-        yield server
-
-
-@pytest.fixture
 def keys(tmp_path: Path, upstream: Upstream) -> Keys:
     return make_keys(tmp_path, int(upstream.url.rsplit(":", 1)[1]))
 

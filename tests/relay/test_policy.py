@@ -279,7 +279,8 @@ def test_loading_fills_defaults_and_keys(policy: Policy, keydir: Path) -> None:
     assert gpu01.ports == (80, 443)
     assert gpu01.max_response_bytes is None
     assert policy.client_by_kid(gpu01.bundle.kid) is gpu01
-    assert set(policy.senders()) == {c.bundle.kid for c in policy.clients.values()}
+    assert policy.sender(gpu01.bundle.kid) is gpu01.bundle
+    assert policy.sender("0" * 32) is None
     assert len(policy.digest) == 64
 
 

@@ -490,8 +490,7 @@ class Forwarder:
             data = await self.store.get(layout.head_key("requests", client, rid))
         except ObjectNotFound:
             return None
-        senders = self._policy.senders()
-        kwargs = dict(recipient=self.key, senders=senders, now=self.clock(),
+        kwargs = dict(recipient=self.key, senders=self._policy.sender, now=self.clock(),
                       skew=self.settings.skew, expected_id=rid,
                       expected_sender=entry.bundle.kid if entry else "")
         try:

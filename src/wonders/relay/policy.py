@@ -274,9 +274,11 @@ class Policy:
     def client_by_kid(self, kid: str) -> ClientPolicy | None:
         return self._by_kid.get(kid)
 
-    def senders(self) -> dict[str, PublicBundle]:
-        """Registered bundles by key id, for :func:`wonders.crypto.open_request`."""
-        return {kid: c.bundle for kid, c in self._by_kid.items()}
+    def sender(self, kid: str) -> PublicBundle | None:
+        """The registered bundle with this key id (``senders`` for
+        :func:`wonders.crypto.open_request`)."""
+        entry = self._by_kid.get(kid)
+        return entry.bundle if entry else None
 
     def decide(
         self, client: str, method: str, url: str, *, now: float,
