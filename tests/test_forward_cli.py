@@ -172,6 +172,15 @@ async def test_serves_then_drains_on_sigterm(
     assert "method=GET host=localhost decision=allow status=200" in output
 
 
+async def _until_logged(process: Process, text: str) -> None:
+    """Deadline-bounded wait for ``text`` in the forwarder's log; fails if it never comes."""
+    for _ in range(200):
+        if text in process.output():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never logged {text!r}:\n{process.output()}")
+
+
 async def test_sighup_reloads_the_policy_and_keeps_it_if_invalid(
     tmp_path: Path, upstream: Upstream, keys: Keys, mailbox: DirectoryStore,
     processes: list[Process],
@@ -185,18 +194,12 @@ async def test_sighup_reloads_the_policy_and_keeps_it_if_invalid(
         policy.write_text(policy.read_text().replace('allow = ["localhost", "127.0.0.1"]',
                                                      'allow = ["example.org"]', 1))
         process.proc.send_signal(signal.SIGHUP)
-        for _ in range(200):  # deadline-bounded: the reload is logged when done
-            if "policy reloaded" in process.output():
-                break
-            await asyncio.sleep(0.05)
+        await _until_logged(process, "policy reloaded")
         async with await client.request("GET", f"{upstream.url}/echo") as response:
             assert response.status == 403
         policy.write_text("not = [valid")
         process.proc.send_signal(signal.SIGHUP)
-        for _ in range(200):
-            if "policy not reloaded" in process.output():
-                break
-            await asyncio.sleep(0.05)
+        await _until_logged(process, "policy not reloaded, keeping the old one")
         async with await client.request("GET", f"{upstream.url}/echo") as response:
             assert response.status == 403  # still the last good policy
     process.proc.send_signal(signal.SIGTERM)
