@@ -210,10 +210,14 @@ async def test_sigterm_is_forwarded_to_the_command(upstream: Upstream) -> None:
 
 async def test_a_python_script_runs_with_this_python(upstream: Upstream, tmp_path: Path) -> None:
     script = tmp_path / "job.py"
-    script.write_text("import sys\nprint(sys.executable, sys.argv[1:])\n")
+    script.write_text("import sys\nprint(sys.prefix, sys.executable, sys.argv[1:])\n")
     done = await wonder_run(*local(upstream)[:-1], str(script), "--epochs", "3")
     assert done.code == 0, done.err
-    assert done.out.strip() == f"{sys.executable} ['--epochs', '3']"
+    # the same environment (bin/python and bin/python3 are both this interpreter)
+    prefix, executable, args = done.out.strip().split(" ", 2)
+    assert prefix == sys.prefix
+    assert Path(executable).samefile(sys.executable)
+    assert args == "['--epochs', '3']"
 
 
 async def test_environment_given_to_the_command(upstream: Upstream) -> None:

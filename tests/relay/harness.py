@@ -16,11 +16,13 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Self
 
 import trustme
 from aiohttp import web
 
 from wonders.crypto import PrivateKey, write_key_files
+from wonders.errors import StoreError
 from wonders.relay import Store
 from wonders.relay.client import RelayClient
 from wonders.relay.forwarder import Forwarder, ForwarderSettings
@@ -238,10 +240,12 @@ def make_keys(tmp_path: Path, port: int, policy_text: str = POLICY) -> Keys:
 
 @contextlib.asynccontextmanager
 async def running_forwarder(
-    store: Store, keys: Keys, upstream: Upstream, settings: ForwarderSettings = FAST
+    store: Store, keys: Keys, upstream: Upstream, settings: ForwarderSettings = FAST,
+    **options: Any,
 ) -> AsyncIterator[Forwarder]:
+    """A forwarder running until the block ends; ``options`` go to :class:`Forwarder`."""
     forwarder = Forwarder(store, keys.forwarder, keys.policy, settings,
-                          upstream_ca=str(upstream.ca_file))
+                          upstream_ca=str(upstream.ca_file), **options)
     task = asyncio.create_task(forwarder.run())
     ready = asyncio.create_task(forwarder.ready.wait())
     await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
@@ -260,3 +264,61 @@ def client_for(store: Store, keys: Keys, name: str = "gpu01", **kwargs: object) 
     options: dict[str, object] = {"poll_fast": 0.005, "poll_slow": 0.1, "heartbeat_check": 0.5}
     options.update(kwargs)
     return RelayClient(store, keys.clients[name], keys.forwarder.public, **options)  # type: ignore[arg-type]
+
+
+class OutageStore:
+    """A store that fails every call with StoreError while ``down`` is set, as an
+    unreachable endpoint does; ``calls_while_down`` counts the refused calls."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.down = False
+        self.calls_while_down = 0
+
+    def _check(self) -> None:
+        if self.down:
+            self.calls_while_down += 1
+            raise StoreError(f"{self.inner.url}: cannot connect (outage in a test)")
+
+    @property
+    def url(self) -> str:
+        return self.inner.url
+
+    async def check(self, prefix: str = "") -> None:
+        self._check()
+        await self.inner.check(prefix)
+
+    async def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
+        self._check()
+        await self.inner.put(key, data, create_only=create_only)
+
+    async def get(self, key: str) -> bytes:
+        self._check()
+        return await self.inner.get(key)
+
+    async def stream(self, key: str, *, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        self._check()
+        async for piece in self.inner.stream(key, chunk_size=chunk_size):
+            yield piece
+
+    async def exists(self, key: str) -> bool:
+        self._check()
+        return await self.inner.exists(key)
+
+    async def list(self, prefix: str, *, start_after: str | None = None) -> AsyncIterator[str]:
+        self._check()
+        async for key in self.inner.list(prefix, start_after=start_after):
+            yield key
+
+    async def delete(self, key: str) -> None:
+        self._check()
+        await self.inner.delete(key)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -224,6 +224,11 @@ class BodySealer:
         """Plaintext bytes sealed so far."""
         return self._length
 
+    @property
+    def sha256(self) -> bytes:
+        """SHA-256 of the plaintext sealed so far (of the whole body, once finished)."""
+        return self._hash.copy().digest()
+
     def seal(self, data: bytes) -> bytes:
         if self._finished:
             raise ValueError("body already finished")

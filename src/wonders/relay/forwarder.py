@@ -23,6 +23,9 @@ Theory of operation:
   is flushed when full or after ``flush_idle`` seconds without new bytes, so event streams
   flow. A body over the client's ``max_response_bytes`` ends with an error trailer.
   A response that ends within ``flush_idle`` and ``inline_limit`` goes inline in its head.
+* **Audit.** Every attempt that got past its claim becomes one audit record (see
+  :mod:`wonders.relay.audit`); while too many records wait for a failing store, no new
+  request is started.
 * **Heartbeat** every ``heartbeat_interval`` seconds, signed; deleted on a clean stop.
 """
 
@@ -30,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import logging
 import secrets
 import time
@@ -38,6 +43,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -57,6 +63,7 @@ from wonders.errors import EnvelopeError, ObjectExists, ObjectNotFound, StoreErr
 from wonders.relay import layout
 from wonders.relay._polling import Backoff, wait_event
 from wonders.relay._store import Store
+from wonders.relay.audit import AuditWriter, iso_time, redact_headers, redact_target
 from wonders.relay.layout import EnvelopeKey
 from wonders.relay.policy import Limiter, Policy
 from wonders.relay.records import Claim, Heartbeat, parse_claim, parse_heartbeat
@@ -94,6 +101,11 @@ class ForwarderSettings:
     #: copied head is refused as a replay for as long as it could still open.
     max_request_lifetime: float = 3600.0
     janitor_interval: float = 60.0
+    #: An audit batch is written every ``audit_interval`` seconds or ``audit_batch``
+    #: records; with ``audit_capacity`` records waiting, no new request is started.
+    audit_interval: float = 1.0
+    audit_batch: int = 500
+    audit_capacity: int = 10_000
 
 
 @dataclass
@@ -112,13 +124,21 @@ class Counters:
 
 @dataclass
 class _Outcome:
-    """What one request came to, for the log line."""
+    """What one request came to, for the log line and the audit record."""
 
     status: int = 0
     decision: str = "-"
+    rule: str = ""
     error: str = ""
     bytes_up: int = 0
     bytes_down: int = 0
+    upstream_seconds: float | None = None
+    request_sha256: bytes | None = None
+    response_sha256: bytes | None = None
+    response_headers: Headers = ()
+    redirects: list[str] = dataclasses.field(default_factory=list)
+    #: Nothing was done (the head vanished, or an earlier attempt already answered).
+    nothing: bool = False
 
 
 class _ErrorReply(Exception):
@@ -139,6 +159,7 @@ class _ResponseWriter:
         self._sealed: Sealed | None = None
         self._index = 0
         self.bytes = 0
+        self.sha256: bytes | None = None
 
     def _head_key(self) -> str:
         return layout.head_key("responses", self._client, self._request.id)
@@ -156,6 +177,7 @@ class _ResponseWriter:
     async def whole(self, head: ResponseHead, body: bytes) -> None:
         await self._put_head(head, body)
         self.bytes = len(body)
+        self.sha256 = hashlib.sha256(body).digest()
 
     async def start(self, head: ResponseHead) -> None:
         self._sealed = await self._put_head(head, None)
@@ -170,6 +192,7 @@ class _ResponseWriter:
         assert self._sealed is not None
         assert self._sealed.body is not None
         await self._put(self._sealed.body.finish(error))
+        self.sha256 = self._sealed.body.sha256
 
     async def _put(self, segment: bytes) -> None:
         key = layout.body_key("responses", self._client, self._request.id, self._index)
@@ -208,7 +231,13 @@ class Forwarder:
         *,
         upstream_ca: str | None = None,
         clock: Callable[[], float] = time.time,
+        audit_store: Store | None = None,
+        audit_spool: Path | None = None,
+        audit_keep_query: bool = False,
     ) -> None:
+        """``audit_store`` (default: the mailbox) holds the audit log; records that cannot
+        be stored at shutdown go to ``audit_spool`` and are written at the next start.
+        ``audit_keep_query`` records query values (credentials are redacted still)."""
         self.store = store
         self.key = key
         self.settings = settings or ForwarderSettings()
@@ -233,6 +262,13 @@ class Forwarder:
         self._recheck: dict[str, float] = {}  # claimed by others: when to look again
         #: Set once the first heartbeat is stored: from then on clients see this forwarder.
         self.ready = asyncio.Event()
+        self.audit = AuditWriter(
+            audit_store or store, key, self.settings.id, batch_records=self.settings.audit_batch,
+            interval=self.settings.audit_interval, capacity=self.settings.audit_capacity,
+            spool=audit_spool, clock=clock,
+        )
+        self._keep_query = audit_keep_query
+        self._blocked = False
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -259,6 +295,8 @@ class Forwarder:
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; then finish in-flight work and clean up."""
+        await self.audit.open()
+        audit = asyncio.create_task(self.audit.run(), name="wonders-audit")
         heartbeat = asyncio.create_task(self._heartbeats(), name="wonders-heartbeat")
         janitor = asyncio.create_task(self._janitor(), name="wonders-janitor")
         try:
@@ -267,13 +305,16 @@ class Forwarder:
             await self._poll()
             await self._drain()
         finally:
-            for task in (heartbeat, janitor):
+            for task in (heartbeat, janitor, audit):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            with contextlib.suppress(StoreError):
-                await self.store.delete(layout.heartbeat_key(self.settings.id))
-            await self._upstream.close()
+            try:
+                await self.audit.close(self.settings.grace)
+            finally:
+                with contextlib.suppress(StoreError):
+                    await self.store.delete(layout.heartbeat_key(self.settings.id))
+                await self._upstream.close()
 
     async def _drain(self) -> None:
         tasks = list(self._active.values())
@@ -332,6 +373,7 @@ class Forwarder:
             version=__version__, started=self.started, time=self.clock(),
             interval=self.settings.heartbeat_interval, in_flight=self.in_flight,
             policy=self._policy.digest, counters=self.counters.as_dict(),
+            audit=self.audit.state().as_dict(),
         )
 
     async def _write_heartbeat(self) -> None:
@@ -343,6 +385,9 @@ class Forwarder:
     async def _poll(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
+            if self._audit_full():
+                await wait_event(self._stopping, self._backoff.next())
+                continue
             try:
                 heads = [p async for p in self._list_heads()]
             except StoreError as exc:
@@ -367,6 +412,18 @@ class Forwarder:
                 started += 1
             interval = self._backoff.reset() if started or self._active else self._backoff.next()
             await wait_event(self._wake, interval)
+
+    def _audit_full(self) -> bool:
+        """Fail closed: no new request while the audit log cannot keep up."""
+        full = self.audit.full
+        if full and not self._blocked:
+            log.error("audit: %d records wait for the audit store (%s); taking no new "
+                      "requests until they are stored", self.audit.waiting,
+                      self.audit.state().failing or "not yet written")
+        elif self._blocked and not full:
+            log.warning("audit: records are being stored again; taking requests")
+        self._blocked = full
+        return full
 
     def _finished(self, request_id: str, client: str, _task: object = None) -> None:
         self._active.pop(request_id, None)
@@ -460,12 +517,12 @@ class Forwarder:
 
     async def _handle(self, client: str, rid: str, attempt: int) -> None:
         started = time.monotonic()
+        claimed = self.clock()
         outcome = _Outcome()
         opened: OpenedRequest | None = None
         try:
-            opened = await self._open(client, rid)
+            opened = await self._open(client, rid, outcome)
             if opened is None:
-                outcome.decision = "rejected"
                 return
             writer = _ResponseWriter(self, opened, client)
             try:
@@ -477,18 +534,26 @@ class Forwarder:
                     with contextlib.suppress(ObjectExists):
                         await writer.whole(head, body)
             outcome.bytes_down = writer.bytes
+            outcome.response_sha256 = writer.sha256
             with contextlib.suppress(ObjectExists):
                 await self.store.put(layout.done_key(rid), b"", create_only=True)
             await self._delete_request(client, rid, streamed=opened.body is None)
+        except StoreError as exc:
+            outcome.error = outcome.error or f"store: {exc}"
+            raise
         finally:
             self._log(client, rid, opened, outcome, started)
+            if not outcome.nothing:
+                self.audit.add(self._record(client, rid, attempt, opened, outcome, claimed,
+                                            started))
 
-    async def _open(self, client: str, rid: str) -> OpenedRequest | None:
+    async def _open(self, client: str, rid: str, outcome: _Outcome) -> OpenedRequest | None:
         """The verified request, or None once an unusable one has been dealt with."""
         entry = self._policy.clients.get(client)
         try:
             data = await self.store.get(layout.head_key("requests", client, rid))
         except ObjectNotFound:
+            outcome.nothing = True
             return None
         kwargs = dict(recipient=self.key, senders=self._policy.sender, now=self.clock(),
                       skew=self.settings.skew, expected_id=rid,
@@ -497,10 +562,12 @@ class Forwarder:
             opened = open_request(data, **kwargs)  # type: ignore[arg-type]
         except EnvelopeError as exc:
             self.counters.rejected += 1
+            outcome.decision, outcome.error = "rejected", exc.reason
             if exc.reason in ("expired", "not-yet-valid"):
                 late = open_request(data, **kwargs, check_time=False)  # type: ignore[arg-type]
                 log.warning("request %s from %s refused: %s", rid, client, exc)
                 status = 504 if exc.reason == "expired" else 400
+                outcome.status = status
                 hint = ("it waited longer than its lifetime for a forwarder"
                         if exc.reason == "expired" else "check the clocks of both sides")
                 head, body = _error_head(status, "request-" + exc.reason,
@@ -516,6 +583,7 @@ class Forwarder:
         longest = self.settings.max_request_lifetime
         if opened.expires - opened.issued > longest:
             self.counters.rejected += 1
+            outcome.decision, outcome.error, outcome.status = "rejected", "request-lifetime", 400
             head, body = _error_head(
                 400, "request-lifetime",
                 f"wonders: request refused: it asks to stay valid for "
@@ -537,7 +605,7 @@ class Forwarder:
         self.counters.requests += 1
         answered = layout.head_key("responses", client, request.id)
         if attempt > 0 and await self.store.exists(answered):
-            outcome.error = "already-answered"
+            outcome.error, outcome.nothing = "already-answered", True
             return  # the previous attempt began answering: nothing can be added to that
         if attempt > 0 and method not in IDEMPOTENT:
             raise _ErrorReply(502, "not-retried",
@@ -551,7 +619,7 @@ class Forwarder:
                               f"wonders: client {client!r} is no longer in the policy")
         size = len(request.body) if request.body is not None else None
         decision = policy.decide(client, method, url, now=self.clock(), request_bytes=size)
-        outcome.decision = decision.action
+        outcome.decision, outcome.rule = decision.action, decision.rule
         if not decision.allowed:
             self.counters.denied += 1
             raise _ErrorReply(403, "policy-denied",
@@ -561,6 +629,7 @@ class Forwarder:
         admitted = self._limiter.admit(client, size or 0)
         if not admitted.allowed:
             self.counters.denied += 1
+            outcome.decision, outcome.rule = "deny", admitted.rule
             retry = f"{max(1, round(admitted.retry_after or 1))}"
             raise _ErrorReply(429, "rate-limited", f"wonders: {admitted.reason}",
                               (("Retry-After", retry),))
@@ -583,12 +652,25 @@ class Forwarder:
                               f"wonders: the Host header {given[0]!r} differs from the URL's "
                               f"host {host!r}; refusing an ambiguous request")
         headers = tuple((k, v) for k, v in headers if k.lower() != "host")
-        method, url = request.head.method, request.head.url
         body: bytes | AsyncIterator[bytes] | None = (
             request.body if request.body is not None
-            else self._request_body(client, request, entry.max_request_bytes)
+            else self._request_body(client, request, entry.max_request_bytes, outcome)
         )
-        outcome.bytes_up = len(request.body) if request.body is not None else 0
+        if request.body is not None:
+            outcome.bytes_up = len(request.body)
+            outcome.request_sha256 = hashlib.sha256(request.body).digest()
+        began = time.monotonic()
+        try:
+            await self._hops(client, policy, request, writer, outcome, headers, body)
+        finally:
+            outcome.upstream_seconds = time.monotonic() - began
+
+    async def _hops(
+        self, client: str, policy: Policy, request: OpenedRequest, writer: _ResponseWriter,
+        outcome: _Outcome, headers: Headers, body: bytes | AsyncIterator[bytes] | None,
+    ) -> None:
+        entry = policy.clients[client]
+        method, url = request.head.method, request.head.url
         for hop in range(self.settings.max_redirects + 1):
             try:
                 response = await self._upstream.request(client, method, url, headers, body)
@@ -596,6 +678,7 @@ class Forwarder:
                 cause = exc.os_error if isinstance(exc.os_error, AddressDenied) else None
                 if cause is not None:
                     self.counters.denied += 1
+                    outcome.decision, outcome.rule = "deny", cause.decision.rule
                     raise _ErrorReply(403, "policy-denied",
                                       f"wonders: denied by policy ({cause.decision.rule}): "
                                       f"{cause.decision.reason}") from None
@@ -620,6 +703,9 @@ class Forwarder:
                                       outcome)
                     return
                 method, url, body = target
+                hop_url = urlsplit(url)
+                outcome.redirects.append(f"{hop_url.scheme}://{hop_url.netloc.rpartition('@')[2]}"
+                                         f"{redact_target(url, keep_query=self._keep_query)}")
         raise AssertionError("unreachable: the last hop is always relayed")
 
     def _redirect(
@@ -647,6 +733,7 @@ class Forwarder:
         outcome.status = response.status
         head = ResponseHead(response.status, response.reason or "",
                             response_headers(response.raw_headers))
+        outcome.response_headers = head.headers
         settings = self.settings
         queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=4)
 
@@ -723,7 +810,7 @@ class Forwarder:
             buffer.clear()
 
     async def _request_body(
-        self, client: str, request: OpenedRequest, limit: int | None
+        self, client: str, request: OpenedRequest, limit: int | None, outcome: _Outcome
     ) -> AsyncIterator[bytes]:
         """A streamed request body, verified segment by segment as aiohttp sends it."""
         opener = request.body_opener()
@@ -743,8 +830,11 @@ class Forwarder:
             if not charged.allowed:
                 raise EnvelopeError("incomplete", charged.reason)
             self.counters.bytes_up += len(plain)
+            outcome.bytes_up += len(plain)
             if plain:
                 yield plain
+        assert opener.trailer is not None
+        outcome.request_sha256 = opener.trailer.sha256
 
     # ------------------------------------------------------------------- cleanup
 
@@ -759,6 +849,38 @@ class Forwarder:
         for key in keys:
             await self.store.delete(key)
 
+    def _record(
+        self, client: str, rid: str, attempt: int, request: OpenedRequest | None,
+        outcome: _Outcome, claimed: float, started: float,
+    ) -> dict[str, Any]:
+        """The audit record of one attempt (see :mod:`wonders.relay.audit`)."""
+        record: dict[str, Any] = {
+            "time": iso_time(self.clock()), "forwarder": self.settings.id, "client": client,
+            "id": rid, "attempt": attempt, "method": None, "scheme": None, "host": None,
+            "port": None, "path": None, "decision": outcome.decision,
+            "rule": outcome.rule or None, "status": outcome.status or None,
+            "error": outcome.error or None, "up": outcome.bytes_up,
+            "down": outcome.bytes_down, "queue_ms": None,
+            "upstream_ms": _ms(outcome.upstream_seconds),
+            "total_ms": _ms(time.monotonic() - started),
+            "request_sha256": outcome.request_sha256.hex() if outcome.request_sha256 else None,
+            "response_sha256": (outcome.response_sha256.hex() if outcome.response_sha256
+                                else None),
+            "request_headers": [], "response_headers": redact_headers(outcome.response_headers),
+        }
+        if request is not None:
+            url = urlsplit(request.head.url)
+            record.update(
+                method=request.head.method, scheme=url.scheme, host=url.hostname,
+                port=url.port or (443 if url.scheme == "https" else 80),
+                path=redact_target(request.head.url, keep_query=self._keep_query),
+                queue_ms=_ms(claimed - request.issued),
+                request_headers=redact_headers(request.head.headers),
+            )
+        if outcome.redirects:
+            record["redirects"] = outcome.redirects
+        return record
+
     def _log(self, client: str, rid: str, request: OpenedRequest | None, outcome: _Outcome,
              started: float) -> None:
         method = request.head.method if request else "-"
@@ -769,6 +891,10 @@ class Forwarder:
             "ms=%.0f", rid, client, method, host, outcome.decision, outcome.status or "-",
             outcome.error or "-", outcome.bytes_up, outcome.bytes_down, ms,
         )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(max(0.0, seconds) * 1000, 1)
 
 
 def _request_id_in(key: str) -> str:

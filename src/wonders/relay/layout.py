@@ -8,17 +8,19 @@
     claims/<id>/done                     written once the request is answered; kept until expiry
     responses/<client>/<id>/head         sealed response head
     responses/<client>/<id>/body/<n>     streamed response body segments, the trailer last
-    audit/…                              audit batches
+    audit/<yyyy>/<mm>/<dd>/<forwarder>/<seq>.jsonl   signed, hash-chained audit batches
+    audit/head/<forwarder>.json          the newest batch of each forwarder (signed)
     status/forwarders/<forwarder>.json   forwarder heartbeats
 
-``<n>`` is zero-padded to 8 digits so that listing order is segment order. Per-client
-prefixes let a bucket policy confine each GPU node's credentials to its own objects.
-No I/O here.
+``<n>`` is zero-padded to 8 digits and ``<seq>`` to 12, so that listing order is segment
+(and batch) order. Per-client prefixes let a bucket policy confine each GPU node's
+credentials to its own objects. No I/O here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Final, Literal
 
 from wonders.crypto import check_name
@@ -28,8 +30,10 @@ REQUESTS: Final = "requests/"
 RESPONSES: Final = "responses/"
 CLAIMS: Final = "claims/"
 AUDIT: Final = "audit/"
+AUDIT_HEADS: Final = "audit/head/"
 HEARTBEATS: Final = "status/forwarders/"
 _DIGITS = 8
+_SEQ_DIGITS = 12
 
 Direction = Literal["requests", "responses"]
 
@@ -103,3 +107,49 @@ def parse_envelope_key(key: str) -> EnvelopeKey | None:
     if parts[3] != "body" or len(parts[4]) != _DIGITS or not parts[4].isdigit():
         return None
     return EnvelopeKey(direction, client, request_id, int(parts[4]))
+
+
+def audit_day_prefix(day: date) -> str:
+    """Every forwarder's audit batches of one (UTC) day."""
+    return f"{AUDIT}{day:%Y/%m/%d}/"
+
+
+def audit_forwarder_prefix(day: date, forwarder: str) -> str:
+    return f"{audit_day_prefix(day)}{check_name(forwarder)}/"
+
+
+def audit_batch_key(forwarder: str, seq: int, when: datetime) -> str:
+    """Batch ``seq`` of a forwarder's chain, filed under the UTC day it was written."""
+    if not 0 <= seq < 10**_SEQ_DIGITS:
+        raise ValueError(f"audit sequence number {seq} out of range")
+    return f"{audit_forwarder_prefix(when.date(), forwarder)}{seq:0{_SEQ_DIGITS}d}.jsonl"
+
+
+def audit_head_key(forwarder: str) -> str:
+    return f"{AUDIT_HEADS}{check_name(forwarder)}.json"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditKey:
+    """A parsed audit batch key."""
+
+    day: date
+    forwarder: str
+    seq: int
+
+
+def parse_audit_key(key: str) -> AuditKey | None:
+    """Parse ``audit/<yyyy>/<mm>/<dd>/<forwarder>/<seq>.jsonl``; None for anything else."""
+    parts = key.split("/")
+    if len(parts) != 6 or parts[0] != AUDIT.rstrip("/"):
+        return None
+    yyyy, mm, dd, forwarder, name = parts[1:]
+    seq = name.removesuffix(".jsonl")
+    if (len(yyyy), len(mm), len(dd)) != (4, 2, 2) or not name.endswith(".jsonl"):
+        return None
+    if len(seq) != _SEQ_DIGITS or not seq.isdigit() or not (yyyy + mm + dd).isdigit():
+        return None
+    try:
+        return AuditKey(date(int(yyyy), int(mm), int(dd)), check_name(forwarder), int(seq))
+    except ValueError:
+        return None

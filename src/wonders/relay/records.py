@@ -73,6 +73,9 @@ class Heartbeat:
     in_flight: int = 0
     policy: str = ""
     counters: dict[str, int] = field(default_factory=dict)
+    #: The audit log: newest batch ``seq``, records ``waiting``, ``blocked`` (taking no
+    #: requests until they are stored), and the store error while ``failing``.
+    audit: dict[str, Any] = field(default_factory=dict)
 
     def fresh(self, now: float, stale_after: float) -> bool:
         return now - self.time <= stale_after

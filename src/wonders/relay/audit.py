@@ -1,0 +1,634 @@
+"""The audit log: one record per request, in signed, hash-chained batches.
+
+**Records** say what a forwarder did with a request: when, which client, the method, host
+and path (query values redacted unless configured otherwise), the decision and the rule
+that made it, the status, bytes each way, durations, the SHA-256 of both bodies, and the
+headers with every credential replaced by ``[redacted]``. Never a body.
+
+**Batches** are immutable JSON-lines objects, created create-only at
+``audit/<yyyy>/<mm>/<dd>/<forwarder>/<seq>.jsonl``::
+
+    {"forwarder":"fw1","kid":"…","prev":"<sha256 of batch 6>","records":2,"seq":7,…}
+    {…record…}
+    {…record…}
+    {"signature":"<base64 Ed25519 over every byte above, after a domain string>"}
+
+Each forwarder keeps one chain: ``seq`` counts up from 0 and ``prev`` is the SHA-256 of
+the previous batch object (``""`` for batch 0), so removing, editing, reordering or
+inserting a batch breaks the chain or a signature. ``audit/head/<forwarder>.json`` names
+the newest batch (signed too): a restarted forwarder continues from it, and a verifier
+uses it to notice batches missing at the end of a chain. An object-locked bucket makes the
+log not just tamper-evident but tamper-proof (see the README).
+
+:class:`AuditWriter` buffers records and writes a batch every ``interval`` seconds or
+``batch_records`` records. When the store fails it keeps the records and retries; it
+reports :attr:`AuditWriter.full` once ``capacity`` records wait, and the forwarder then
+takes no new requests (fail closed). Records still unwritten at shutdown go to a local
+spool file that the next start writes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+from cryptography.exceptions import InvalidSignature
+
+from wonders.crypto import PrivateKey, PublicBundle
+from wonders.errors import ObjectExists, ObjectNotFound, StoreError, WondersError
+from wonders.relay import layout
+from wonders.relay._store import Store
+
+__all__ = [
+    "AuditError",
+    "AuditWriter",
+    "Batch",
+    "ChainHead",
+    "Problem",
+    "iso_time",
+    "parse_batch",
+    "parse_time",
+    "read_batches",
+    "redact_headers",
+    "redact_target",
+    "verify_log",
+]
+
+log = logging.getLogger("wonders.audit")
+
+REDACTED = "[redacted]"
+_SIGNATURE_DOMAIN = b"wonders-audit-batch-v1\n"
+_HEAD_DOMAIN = b"wonders-audit-head-v1\n"
+
+#: Headers whose values are never recorded.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+#: Header and query-parameter names that look like they carry a secret (API keys, tokens,
+#: signatures, passwords, sessions): matched anywhere in the lower-cased name.
+_SECRET_NAME = re.compile(
+    r"api[-_]?key|apikey|token|secret|passw|passwd|pwd|session|credential|signature|auth"
+)
+#: Query parameters that carry a secret under a short name (``?key=`` of Google APIs,
+#: ``?sig=`` of Azure SAS, ``?code=`` of OAuth, ``?X-Amz-…`` of presigned URLs).
+_SECRET_PARAMS = frozenset({"key", "sig", "code", "pass", "x-amz-date", "x-amz-credential"})
+
+
+class AuditError(WondersError):
+    """An audit object that is not a valid batch (or head) of the expected signer."""
+
+
+def _secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in CREDENTIAL_HEADERS or bool(_SECRET_NAME.search(lowered))
+
+
+def redact_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """``[name, value]`` pairs with every credential's value replaced by ``[redacted]``."""
+    return [[name, REDACTED if _secret_name(name) else value] for name, value in headers]
+
+
+def redact_target(url: str, *, keep_query: bool = False) -> str:
+    """The path and query of ``url`` as recorded: every query value redacted, or with
+    ``keep_query`` only the values of parameters that look like credentials."""
+    parts = urlsplit(url)
+    path = parts.path or "/"
+    if not parts.query:
+        return path
+    shown = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        secret = not keep_query or _secret_name(name) or name.lower() in _SECRET_PARAMS
+        shown.append(f"{quote(name, safe='')}={REDACTED if secret else quote(value, safe='')}")
+    return f"{path}?{'&'.join(shown)}"
+
+
+def iso_time(when: float) -> str:
+    """Unix seconds as ``2026-11-22T10:00:01.123Z``."""
+    moment = datetime.fromtimestamp(when, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_time(text: str, now: float) -> float:
+    """``30m``, ``1h``, ``7d`` (that long before ``now``), or an ISO date or time (UTC
+    unless it names a zone). Raises ValueError saying what is accepted."""
+    relative = _RELATIVE.fullmatch(text.strip())
+    if relative:
+        return now - float(relative.group(1)) * _UNITS[relative.group(2)]
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: use a duration before now (30m, 1h, 7d, 2w) or an "
+            "ISO date or time (2026-11-22, 2026-11-22T10:00, UTC unless a zone is given)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _line(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def encode_batch(
+    key: PrivateKey, forwarder: str, seq: int, prev: str, when: float,
+    records: list[dict[str, Any]],
+) -> bytes:
+    """The bytes of a signed batch."""
+    header = {"wonders_audit": 1, "forwarder": forwarder, "kid": key.kid, "seq": seq,
+              "prev": prev, "time": iso_time(when), "records": len(records)}
+    body = _line(header) + b"".join(_line(record) for record in records)
+    signature = key.signing.sign(_SIGNATURE_DOMAIN + body)
+    return body + _line({"signature": base64.b64encode(signature).decode()})
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A verified batch."""
+
+    key: str
+    forwarder: str
+    kid: str
+    seq: int
+    prev: str
+    time: str
+    records: list[dict[str, Any]]
+    hash: str
+
+
+def _signature(line: bytes) -> bytes:
+    try:
+        doc = json.loads(line)
+        return base64.b64decode(doc["signature"], validate=True)
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise AuditError("its last line is not a signature") from None
+
+
+def parse_batch(key: str, data: bytes, signer: PublicBundle) -> Batch:
+    """Verify and parse a batch; AuditError says what is wrong with it."""
+    if not data.endswith(b"\n"):
+        raise AuditError("it is cut short (no final newline)")
+    lines = data[:-1].split(b"\n")
+    if len(lines) < 2:
+        raise AuditError("it is not an audit batch (too few lines)")
+    body = data[: len(data) - len(lines[-1]) - 1]
+    try:
+        signer.signing.verify(_signature(lines[-1]), _SIGNATURE_DOMAIN + body)
+    except InvalidSignature:
+        raise AuditError(
+            f"its signature does not verify with forwarder key {signer.kid} "
+            "(edited, or forged)"
+        ) from None
+    try:
+        header = json.loads(lines[0])
+        records = [json.loads(line) for line in lines[1:-1]]
+        batch = Batch(key, str(header["forwarder"]), str(header["kid"]), int(header["seq"]),
+                      str(header["prev"]), str(header["time"]), records,
+                      hashlib.sha256(data).hexdigest())
+        count = int(header["records"])
+    except (ValueError, KeyError, TypeError):
+        raise AuditError("it is signed but not a valid batch") from None
+    if header.get("wonders_audit") != 1 or count != len(records):
+        raise AuditError("it is signed but not a valid batch")
+    if not all(isinstance(record, dict) for record in records):
+        raise AuditError("it is signed but not a valid batch")
+    return batch
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The newest batch of a forwarder's chain, as its head object names it."""
+
+    forwarder: str
+    seq: int
+    hash: str
+    key: str
+
+    def sign(self, key: PrivateKey) -> bytes:
+        body = _line({"forwarder": self.forwarder, "seq": self.seq, "hash": self.hash,
+                      "key": self.key})
+        signature = key.signing.sign(_HEAD_DOMAIN + body)
+        return body + _line({"signature": base64.b64encode(signature).decode()})
+
+
+def parse_head(data: bytes, signer: PublicBundle) -> ChainHead:
+    lines = data.split(b"\n")
+    if len(lines) != 3 or lines[2]:
+        raise AuditError("not an audit head object")
+    try:
+        signer.signing.verify(_signature(lines[1]), _HEAD_DOMAIN + lines[0] + b"\n")
+    except InvalidSignature:
+        raise AuditError(f"its signature does not verify with forwarder key {signer.kid}") from None
+    try:
+        doc = json.loads(lines[0])
+        return ChainHead(str(doc["forwarder"]), int(doc["seq"]), str(doc["hash"]),
+                         str(doc["key"]))
+    except (ValueError, KeyError, TypeError):
+        raise AuditError("not an audit head object") from None
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def default_spool(forwarder: str) -> Path:
+    """``$XDG_STATE_HOME/wonders/audit-spool-<forwarder>.jsonl`` (``~/.local/state``)."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "wonders" / f"audit-spool-{forwarder}.jsonl"
+
+
+@dataclass
+class AuditState:
+    """What a heartbeat says about the audit log."""
+
+    seq: int = -1
+    waiting: int = 0
+    blocked: bool = False
+    failing: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "waiting": self.waiting, "blocked": self.blocked,
+                "failing": self.failing}
+
+
+@dataclass
+class _Pending:
+    seq: int
+    key: str
+    data: bytes
+    count: int
+
+
+@dataclass
+class AuditWriter:
+    """Writes one forwarder's chain of batches. ``await open()``, then run :meth:`run` as
+    a task; :meth:`add` a record per request; ``await close()`` at shutdown."""
+
+    store: Store
+    key: PrivateKey
+    forwarder: str
+    batch_records: int = 500
+    interval: float = 1.0
+    capacity: int = 10_000
+    spool: Path | None = None
+    clock: Callable[[], float] = time.time
+    retry_max: float = 10.0
+    _buffer: list[dict[str, Any]] = field(default_factory=list)
+    _next: int = 0
+    _prev: str = ""
+    _pending: _Pending | None = None
+    _failing: str = ""
+    _kick: asyncio.Event = field(default_factory=asyncio.Event)
+    _written: int = 0
+
+    async def open(self) -> None:
+        """Find where this forwarder's chain ends, and take back spooled records."""
+        latest = await self._find_latest()
+        if latest is not None:
+            key, seq, data = latest
+            try:
+                parse_batch(key, data, self.key.public)
+            except AuditError as exc:
+                log.error("audit: the newest batch %s of this chain does not verify (%s); "
+                          "continuing after it; run 'wonders audit verify'", key, exc)
+            self._next, self._prev = seq + 1, hashlib.sha256(data).hexdigest()
+            log.info("audit: continuing the chain of %s at batch %d", self.forwarder, seq + 1)
+        if self.spool is not None and self.spool.exists():
+            records = [json.loads(line) for line in self.spool.read_bytes().splitlines() if line]
+            if latest is not None:
+                # A batch whose write seemed to fail at shutdown may have landed after all.
+                stored = [json.loads(line) for line in latest[2].splitlines()[1:-1]]
+                if stored and records[: len(stored)] == stored:
+                    del records[: len(stored)]
+            self._buffer[:0] = records
+            log.warning("audit: %d records from the spool file %s are written first",
+                        len(records), self.spool)
+
+    async def _find_latest(self) -> tuple[str, int, bytes] | None:
+        head: ChainHead | None = None
+        try:
+            head = parse_head(await self.store.get(layout.audit_head_key(self.forwarder)),
+                              self.key.public)
+        except ObjectNotFound:
+            pass
+        except AuditError as exc:
+            log.error("audit: head object of %s ignored: %s", self.forwarder, exc)
+        keys: list[str] = []
+        if head is not None and (parsed := layout.parse_audit_key(head.key)) is not None:
+            today = datetime.fromtimestamp(self.clock(), UTC).date()
+            day = parsed.day
+            while day <= today:
+                prefix = layout.audit_forwarder_prefix(day, self.forwarder)
+                keys += [k async for k in self.store.list(prefix)]
+                day += timedelta(days=1)
+        else:
+            # No head object (a new forwarder, or the head was lost): look at everything.
+            keys = [k async for k in self.store.list(layout.AUDIT)]
+        best: tuple[int, str] | None = None
+        for key in keys:
+            parsed = layout.parse_audit_key(key)
+            mine = parsed is not None and parsed.forwarder == self.forwarder
+            if mine and parsed is not None and (best is None or parsed.seq > best[0]):
+                best = (parsed.seq, key)
+        if best is None:
+            return None
+        return best[1], best[0], await self.store.get(best[1])
+
+    @property
+    def waiting(self) -> int:
+        """Records not yet stored."""
+        return len(self._buffer)
+
+    @property
+    def full(self) -> bool:
+        """True while ``capacity`` records wait: take no new requests."""
+        return len(self._buffer) >= self.capacity
+
+    @property
+    def written(self) -> int:
+        """Records stored by this writer."""
+        return self._written
+
+    def state(self) -> AuditState:
+        return AuditState(self._next - 1, len(self._buffer), self.full, self._failing)
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Queue a record. Never drops one; the forwarder checks :attr:`full`."""
+        self._buffer.append(record)
+        if len(self._buffer) >= self.batch_records:
+            self._kick.set()
+
+    async def run(self) -> None:
+        """Write batches until cancelled."""
+        delay = self.interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), delay)
+            self._kick.clear()
+            try:
+                while self._buffer:
+                    await self._write_one()
+                    if len(self._buffer) < self.batch_records:
+                        break
+            except StoreError as exc:
+                if not self._failing:
+                    log.warning("audit: cannot write batch %d: %s; keeping %d records and "
+                                "retrying", self._next, exc, len(self._buffer))
+                self._failing = str(exc)
+                delay = min(self.retry_max, max(delay * 2, 0.25))
+                continue
+            if self._failing:
+                log.warning("audit: writing again after a store failure; %d records waiting",
+                            len(self._buffer))
+                self._failing = ""
+            delay = self.interval
+
+    async def _write_one(self) -> None:
+        if self._pending is None:
+            now = self.clock()
+            records = self._buffer[: self.batch_records]
+            data = encode_batch(self.key, self.forwarder, self._next, self._prev, now, records)
+            key = layout.audit_batch_key(self.forwarder, self._next,
+                                         datetime.fromtimestamp(now, UTC))
+            self._pending = _Pending(self._next, key, data, len(records))
+        pending = self._pending
+        try:
+            await self.store.put(pending.key, pending.data, create_only=True)
+        except ObjectExists:
+            if await self.store.get(pending.key) != pending.data:
+                # Another process writes under this forwarder id: carry on after its batch
+                # (verify will report the fork) without losing a record.
+                log.error("audit: %s was written by another process using forwarder id "
+                          "%r; give each forwarder its own id", pending.key, self.forwarder)
+                self._pending = None
+                latest = await self._find_latest()
+                if latest is not None:
+                    self._next = latest[1] + 1
+                    self._prev = hashlib.sha256(latest[2]).hexdigest()
+                return
+        del self._buffer[: pending.count]
+        self._written += pending.count
+        self._pending = None
+        self._next, self._prev = pending.seq + 1, hashlib.sha256(pending.data).hexdigest()
+        head = ChainHead(self.forwarder, pending.seq, self._prev, pending.key)
+        try:
+            await self.store.put(layout.audit_head_key(self.forwarder), head.sign(self.key))
+        except StoreError as exc:  # the chain is stored; the head is written next time
+            log.warning("audit: head object not updated: %s", exc)
+        if self.spool is not None and not self._buffer:
+            with contextlib.suppress(FileNotFoundError):
+                self.spool.unlink()
+
+    async def close(self, grace: float) -> None:
+        """Write every waiting record, retrying for up to ``grace`` seconds; what still
+        cannot be stored goes to the spool file (or, without one, is reported lost)."""
+        deadline = time.monotonic() + grace
+        delay = 0.25
+        while self._buffer:
+            try:
+                await self._write_one()
+                continue
+            except StoreError as exc:
+                self._failing = str(exc)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(delay, left))  # a retry interval: nothing to wait on
+            delay = min(delay * 2, self.retry_max)
+        if not self._buffer:
+            return
+        if self.spool is None:
+            log.error("audit: store unreachable at shutdown (%s); %d records lost",
+                      self._failing, len(self._buffer))
+            return
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("wb", dir=self.spool.parent, delete=False) as out:
+            out.write(b"".join(_line(record) for record in self._buffer))
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(out.name, 0o600)
+        os.replace(out.name, self.spool)
+        log.error("audit: store unreachable at shutdown (%s); %d records saved to %s, "
+                  "written on the next start", self._failing, len(self._buffer), self.spool)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _days(since: float, until: float) -> list[date]:
+    first = datetime.fromtimestamp(since, UTC).date()
+    last = datetime.fromtimestamp(until, UTC).date()
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+async def batch_keys(store: Store, since: float | None, until: float) -> list[str]:
+    """Keys of the batches filed on the days from ``since`` (None: all) to ``until``."""
+    if since is None:
+        keys = [k async for k in store.list(layout.AUDIT)]
+    else:
+        keys = []
+        for day in _days(since, until):
+            keys += [k async for k in store.list(layout.audit_day_prefix(day))]
+    return [k for k in keys if layout.parse_audit_key(k) is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something ``verify`` found, with the object it is about."""
+
+    key: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.problem}"
+
+
+async def read_batches(
+    store: Store, keys: Iterable[str], signer: PublicBundle
+) -> AsyncIterator[Batch | Problem]:
+    """Each batch verified, or the problem with it."""
+    for key in keys:
+        try:
+            data = await store.get(key)
+        except ObjectNotFound:
+            yield Problem(key, "listed but gone when read")
+            continue
+        try:
+            yield parse_batch(key, data, signer)
+        except AuditError as exc:
+            yield Problem(key, str(exc))
+
+
+@dataclass
+class Verification:
+    forwarders: int = 0
+    batches: int = 0
+    records: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _placement(batch: Batch) -> str | None:
+    """Why a verified batch is not where its key says, if it is not."""
+    parsed = layout.parse_audit_key(batch.key)
+    assert parsed is not None
+    if parsed.forwarder != batch.forwarder or parsed.seq != batch.seq:
+        return (f"holds batch {batch.seq} of forwarder {batch.forwarder}; the key says "
+                f"batch {parsed.seq} of {parsed.forwarder} (moved or reordered)")
+    if not batch.time.startswith(parsed.day.isoformat()):
+        return f"was written {batch.time}, not on the day its key says (moved)"
+    return None
+
+
+async def verify_log(
+    store: Store, signer: PublicBundle, *, since: float | None = None,
+    until: float | None = None, clock: Callable[[], float] = time.time,
+) -> Verification:
+    """Check every batch (from ``since``; None: all): signatures, placement, and each
+    forwarder's chain — gaps, breaks, duplicates, and batches missing at the end."""
+    result = Verification()
+    keys = await batch_keys(store, since, until if until is not None else clock())
+    chains: dict[str, list[Batch]] = {}
+    invalid: dict[str, set[int]] = {}  # reported already: not reported missing as well
+    async for item in read_batches(store, keys, signer):
+        if isinstance(item, Problem):
+            result.problems.append(item)
+            parsed = layout.parse_audit_key(item.key)
+            if parsed is not None:
+                invalid.setdefault(parsed.forwarder, set()).add(parsed.seq)
+            continue
+        result.batches += 1
+        result.records += len(item.records)
+        misplaced = _placement(item)
+        if misplaced:
+            result.problems.append(Problem(item.key, misplaced))
+        chains.setdefault(item.forwarder, []).append(item)
+    heads: dict[str, ChainHead] = {}
+    async for key in store.list(layout.AUDIT_HEADS):
+        try:
+            head = parse_head(await store.get(key), signer)
+        except (AuditError, ObjectNotFound) as exc:
+            result.problems.append(Problem(key, str(exc)))
+            continue
+        heads[head.forwarder] = head
+        chains.setdefault(head.forwarder, [])
+    result.forwarders = len(chains)
+    for forwarder, batches in sorted(chains.items()):
+        result.problems += _check_chain(forwarder, batches, heads.get(forwarder),
+                                        invalid.get(forwarder, set()), whole=since is None)
+    return result
+
+
+def _check_chain(
+    forwarder: str, batches: list[Batch], head: ChainHead | None, invalid: set[int], *,
+    whole: bool,
+) -> list[Problem]:
+    problems: list[Problem] = []
+    batches = sorted(batches, key=lambda b: (b.seq, b.key))
+
+    def missing(key: str, first: int, last: int, suffix: str = "") -> None:
+        for low, high in _gaps(first, last, invalid):
+            problems.append(Problem(key, _missing(forwarder, low, high) + suffix))
+
+    if whole and batches and batches[0].seq != 0:
+        missing(batches[0].key, 0, batches[0].seq - 1)
+    if whole and batches and batches[0].seq == 0 and batches[0].prev:
+        problems.append(Problem(batches[0].key, "batch 0 names a previous batch (inserted)"))
+    for before, after in itertools.pairwise(batches):
+        if after.seq == before.seq:
+            problems.append(Problem(after.key, f"a second batch {after.seq} of {forwarder} "
+                                               f"besides {before.key} (inserted or forked)"))
+        elif after.seq > before.seq + 1:
+            missing(after.key, before.seq + 1, after.seq - 1)
+        elif after.prev != before.hash:
+            problems.append(Problem(after.key, f"does not follow {before.key}: the chain is "
+                                               "broken (a batch was replaced or reordered)"))
+    last = batches[-1] if batches else None
+    if head is not None:
+        where = layout.audit_head_key(forwarder)
+        if last is None or head.seq > last.seq:
+            first = last.seq + 1 if last else 0
+            if whole or last is not None:
+                missing(where, first, head.seq,
+                        f" at the end (the head object names batch {head.seq})")
+        elif head.seq == last.seq and head.hash != last.hash:
+            problems.append(Problem(last.key, "differs from the batch the head object names "
+                                              "(replaced)"))
+    return problems
+
+
+def _gaps(first: int, last: int, known: set[int]) -> list[tuple[int, int]]:
+    """The runs of ``first..last`` not in ``known``."""
+    runs: list[tuple[int, int]] = []
+    for seq in range(first, last + 1):
+        if seq in known:
+            continue
+        if runs and runs[-1][1] == seq - 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
+
+
+def _missing(forwarder: str, first: int, last: int) -> str:
+    which = f"batch {first}" if first == last else f"batches {first}-{last}"
+    return f"{which} of forwarder {forwarder} missing (deleted)"
