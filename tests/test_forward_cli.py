@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -32,7 +33,7 @@ def mailbox(tmp_path: Path) -> DirectoryStore:
     return DirectoryStore(tmp_path / "mailbox")
 
 
-def _config(tmp_path: Path, upstream: Upstream, **extra: str) -> Path:
+def _config(tmp_path: Path, upstream: Upstream, tables: str = "", **extra: str) -> Path:
     lines = {
         "id": '"fw-test"',
         "key": '"keys/fw.key"',
@@ -44,6 +45,7 @@ def _config(tmp_path: Path, upstream: Upstream, **extra: str) -> Path:
     text = "\n".join(f"{k} = {v}" for k, v in lines.items() if v)
     text += "\n[tuning]\npoll_fast = 0.005\npoll_slow = 0.1\nheartbeat_interval = 0.5\n"
     text += "stale_after = 3.0\nflush_idle = 0.02\ngrace = 10.0\n"
+    text += tables
     path = tmp_path / "forwarder.toml"
     path.write_text(text)
     return path
@@ -170,6 +172,32 @@ async def test_serves_then_drains_on_sigterm(
     output = process.output()
     assert "fw-test stopped" in output
     assert "method=GET host=localhost decision=allow status=200" in output
+
+
+async def test_the_audit_log_goes_to_its_own_store_and_is_flushed_on_sigterm(
+    tmp_path: Path, upstream: Upstream, keys: Keys, mailbox: DirectoryStore,
+    processes: list[Process],
+) -> None:
+    (tmp_path / "audit").mkdir()
+    tables = f'audit_interval = 3600\n[audit]\nmailbox = "{(tmp_path / "audit").as_uri()}"\n'
+    process = _start(tmp_path, _config(tmp_path, upstream, tables), processes)
+    await _until_alive(mailbox, keys, process)
+    async with client_for(mailbox, keys) as client:
+        for n in range(3):
+            async with await client.request("GET", f"{upstream.url}/echo/{n}") as response:
+                assert response.status == 200
+    assert not list((tmp_path / "audit").rglob("*.jsonl"))  # the hour is not up yet
+    process.proc.send_signal(signal.SIGTERM)
+    assert await process.wait() == 0
+    assert f"audit log in {(tmp_path / 'audit').as_uri()}" in process.output()
+    assert not [k async for k in mailbox.list("audit/")]
+    shown = await asyncio.create_subprocess_exec(
+        WONDERS, "audit", "--config", str(tmp_path / "forwarder.toml"), "--json",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(shown.communicate(), 60)
+    assert shown.returncode == 0, err
+    paths = [json.loads(line)["path"] for line in out.splitlines()]
+    assert paths == ["/echo/0", "/echo/1", "/echo/2"]
 
 
 async def _until_logged(process: Process, text: str) -> None:

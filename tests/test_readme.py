@@ -63,6 +63,9 @@ def test_readme_forwarder_config_loads(tmp_path: Path) -> None:
     assert config.settings.id == "fw1"
     assert config.mailbox == "s3://wonders/cluster-a"
     assert config.key == tmp_path / "fw1.key"
+    assert config.audit.mailbox == "s3://wonders-audit/cluster-a"
+    assert config.audit.endpoint == "http://minio:9000"  # the mailbox's, by default
+    assert config.settings.audit_capacity == 10000
 
 
 async def test_readme_relay_client_example_runs(tmp_path: Path) -> None:
@@ -115,3 +118,21 @@ def test_readme_wonder_run_flags_exist() -> None:
     assert flags, "no flags found"
     for flag in flags:
         assert flag in help_text, flag
+
+
+def test_readme_audit_flags_exist() -> None:
+    """Every option the README shows for wonders audit (and verify, stats) exists."""
+    from click.testing import CliRunner
+
+    from wonders.cli import main
+
+    text = README.read_text()
+    section = text[text.index("## Audit log"):text.index("## Using the building blocks")]
+    for command in ([], ["verify"], ["stats"]):
+        help_text = CliRunner().invoke(main, ["audit", *command, "--help"]).output
+        prefix = " ".join(["wonders audit", *command])
+        lines = [line for line in re.findall(r"`(wonders audit[^`]*)`", section, re.DOTALL)
+                 if line.split("[")[0].split() == prefix.split()]
+        assert lines, prefix
+        for flag in {f for line in lines for f in re.findall(r"--[a-z][a-z-]+", line)}:
+            assert flag in help_text, (prefix, flag)

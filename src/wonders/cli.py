@@ -8,6 +8,7 @@ to fix (bad usage, configuration or policy, as click does for usage).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 import click
 
 from wonders import __version__
+from wonders._audit_cli import audit
 from wonders.crypto import PrivateKey, check_name, load_private_key, write_key_files
 from wonders.errors import KeyFileError, PolicyError, StoreError, WondersError
 from wonders.relay.addresses import IPAddress, parse_ip_literal
@@ -179,14 +181,25 @@ def forward(config_file: Path, upstream_ca: Path | None, verbose: bool) -> None:
     async def serve() -> None:
         store = open_store(config.mailbox, endpoint_url=config.endpoint,
                            path_style=config.path_style)
-        async with store:
+        audit = config.audit
+        separate = (audit.mailbox, audit.endpoint, audit.path_style) != (
+            config.mailbox, config.endpoint, config.path_style)
+        audit_store = (open_store(audit.mailbox, endpoint_url=audit.endpoint,
+                                  path_style=audit.path_style) if separate else store)
+        async with store, contextlib.AsyncExitStack() as stack:
+            if separate:
+                await stack.enter_async_context(audit_store)
             try:
                 await store.check()
+                if separate:
+                    await audit_store.check()
             except StoreError as exc:
                 exc.exit_code = 2
                 raise
             forwarder = Forwarder(store, key, rules, config.settings,
-                                  upstream_ca=str(extra_ca) if extra_ca else None)
+                                  upstream_ca=str(extra_ca) if extra_ca else None,
+                                  audit_store=audit_store, audit_spool=audit.spool,
+                                  audit_keep_query=audit.keep_query)
             loop = asyncio.get_running_loop()
 
             def reload() -> None:
@@ -206,7 +219,7 @@ def forward(config_file: Path, upstream_ca: Path | None, verbose: bool) -> None:
                 click.echo(
                     f"wonders forward: {config.settings.id} serving {store.url} as "
                     f"{key.name} ({key.kid}); policy {config.policy} with "
-                    f"{len(rules.clients)} clients", err=True,
+                    f"{len(rules.clients)} clients; audit log in {audit_store.url}", err=True,
                 )
             else:
                 ready.cancel()
@@ -214,6 +227,9 @@ def forward(config_file: Path, upstream_ca: Path | None, verbose: bool) -> None:
             click.echo(f"wonders forward: {config.settings.id} stopped", err=True)
 
     asyncio.run(serve())
+
+
+main.add_command(audit)
 
 
 if __name__ == "__main__":  # pragma: no cover

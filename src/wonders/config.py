@@ -13,6 +13,13 @@ The forwarder's file (``wonders forward --config forwarder.toml``)::
     [tuning]                          # optional; see ForwarderSettings
     max_in_flight = 64
 
+    [audit]                           # optional
+    mailbox = "s3://wonders-audit/a"  # a separate (object-locked) bucket; default: mailbox
+    endpoint = "http://minio:9000"    # its endpoint (default: endpoint above)
+    path_style = false                # (default: path_style above)
+    keep_query = false                # record query values (credentials stay redacted)
+    spool = "/var/lib/wonders/audit-spool.jsonl"   # records unstored at shutdown
+
 Relative paths are relative to the file's directory. Loading is strict: unknown keys and
 wrong types are errors naming the key (exit status 2).
 """
@@ -29,11 +36,25 @@ from typing import Any
 
 from wonders.crypto import check_name
 from wonders.errors import ConfigError
+from wonders.relay.audit import default_spool
 from wonders.relay.forwarder import ForwarderSettings
 
-__all__ = ["ForwarderConfig", "load_forwarder_config"]
+__all__ = ["AuditConfig", "ForwarderConfig", "load_forwarder_config"]
 
-_KEYS = ("id", "key", "policy", "mailbox", "endpoint", "path_style", "upstream_ca", "tuning")
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """Where the audit log goes (the mailbox's store unless ``mailbox`` is set)."""
+
+    mailbox: str
+    endpoint: str | None
+    path_style: bool
+    keep_query: bool
+    spool: Path
+
+_KEYS = ("id", "key", "policy", "mailbox", "endpoint", "path_style", "upstream_ca", "tuning",
+         "audit")
+_AUDIT = ("mailbox", "endpoint", "path_style", "keep_query", "spool")
 _TUNING = tuple(f.name for f in dataclasses.fields(ForwarderSettings) if f.name != "id")
 
 
@@ -47,6 +68,7 @@ class ForwarderConfig:
     path_style: bool
     upstream_ca: Path | None
     settings: ForwarderSettings
+    audit: AuditConfig
 
 
 def _fail(source: Path, key: str, problem: str) -> ConfigError:
@@ -124,5 +146,26 @@ def load_forwarder_config(path: str | Path) -> ForwarderConfig:
     assert key is not None
     assert policy is not None
     assert mailbox is not None
-    return ForwarderConfig(source, key, policy, mailbox, string("endpoint"), path_style,
-                           file("upstream_ca"), settings)
+    endpoint = string("endpoint")
+    table = doc.get("audit", {})
+    if not isinstance(table, dict):
+        raise _fail(source, "audit", "expected a table")
+    _unknown(source, table, _AUDIT, "audit.")
+    for flag in ("path_style", "keep_query"):
+        if not isinstance(table.get(flag, False), bool):
+            raise _fail(source, f"audit.{flag}", "expected true or false")
+    for text in ("mailbox", "endpoint", "spool"):
+        value = table.get(text)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise _fail(source, f"audit.{text}", "expected a non-empty string")
+    audit_mailbox = table.get("mailbox", mailbox)
+    audit = AuditConfig(
+        mailbox=audit_mailbox,
+        endpoint=table.get("endpoint", endpoint if audit_mailbox.startswith("s3:") else None),
+        path_style=table.get("path_style", path_style),
+        keep_query=table.get("keep_query", False),
+        spool=(base / Path(table["spool"]).expanduser() if "spool" in table
+               else default_spool(forwarder_id)),
+    )
+    return ForwarderConfig(source, key, policy, mailbox, endpoint, path_style,
+                           file("upstream_ca"), settings, audit)

@@ -32,6 +32,7 @@ from aiohttp import web
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
+from wonders._text import human_bytes
 from wonders.crypto import Headers
 from wonders.errors import EnvelopeError, RelayError, StoreError
 from wonders.relay.client import RelayClient
@@ -56,16 +57,8 @@ class Stats:
     errors: int = 0
 
     def summary(self) -> str:
-        return (f"{self.requests} requests, {_size(self.bytes_up)} up, "
-                f"{_size(self.bytes_down)} down, {self.denied} denied, {self.errors} errors")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    raise AssertionError
+        return (f"{self.requests} requests, {human_bytes(self.bytes_up)} up, "
+                f"{human_bytes(self.bytes_down)} down, {self.denied} denied, {self.errors} errors")
 
 
 @dataclass
