@@ -22,6 +22,8 @@ import click
 
 from wonders import __version__
 from wonders._audit_cli import audit
+from wonders._onboard import clients, init
+from wonders._status_cli import ping, status
 from wonders.crypto import PrivateKey, check_name, load_private_key, write_key_files
 from wonders.errors import KeyFileError, PolicyError, StoreError, WondersError
 from wonders.relay.addresses import IPAddress, parse_ip_literal
@@ -230,6 +232,10 @@ def forward(config_file: Path, upstream_ca: Path | None, verbose: bool) -> None:
 
 
 main.add_command(audit)
+main.add_command(init)
+main.add_command(clients)
+main.add_command(status)
+main.add_command(ping)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import secrets
 import time
@@ -66,7 +67,7 @@ from wonders.relay._store import Store
 from wonders.relay.audit import AuditWriter, iso_time, redact_headers, redact_target
 from wonders.relay.layout import EnvelopeKey
 from wonders.relay.policy import Limiter, Policy
-from wonders.relay.records import Claim, Heartbeat, parse_claim, parse_heartbeat
+from wonders.relay.records import PING_HOST, Claim, Heartbeat, parse_claim, parse_heartbeat
 from wonders.relay.upstream import AddressDenied, Upstream, response_headers, strip_hop_by_hop
 
 __all__ = ["Forwarder", "ForwarderSettings"]
@@ -617,6 +618,9 @@ class Forwarder:
         if entry is None:
             raise _ErrorReply(403, "policy-denied",
                               f"wonders: client {client!r} is no longer in the policy")
+        if urlsplit(url).hostname == PING_HOST:
+            await self._pong(request, writer, outcome)
+            return
         size = len(request.body) if request.body is not None else None
         decision = policy.decide(client, method, url, now=self.clock(), request_bytes=size)
         outcome.decision, outcome.rule = decision.action, decision.rule
@@ -638,6 +642,17 @@ class Forwarder:
             await self._fetch(client, policy, request, writer, outcome)
         finally:
             self._limiter.release(client)
+
+    async def _pong(self, request: OpenedRequest, writer: _ResponseWriter,
+                    outcome: _Outcome) -> None:
+        """Answer ``wonders ping`` here: no policy, no upstream, no DNS."""
+        body = json.dumps({
+            "forwarder": self.settings.id, "instance": self.instance, "version": __version__,
+            "time": self.clock(), "in_flight": self.in_flight, "request": request.id,
+        }).encode()
+        outcome.decision, outcome.rule, outcome.status = "allow", "ping (answered here)", 200
+        await writer.whole(ResponseHead(200, "OK", (
+            ("Content-Type", "application/json"), ("Content-Length", str(len(body))))), body)
 
     async def _fetch(
         self, client: str, policy: Policy, request: OpenedRequest, writer: _ResponseWriter,

@@ -25,7 +25,13 @@ from cryptography.exceptions import InvalidSignature
 
 from wonders.crypto import PrivateKey, PublicBundle
 
-__all__ = ["Claim", "Heartbeat", "parse_claim", "parse_heartbeat"]
+__all__ = ["PING_HOST", "PING_URL", "Claim", "Heartbeat", "parse_claim", "parse_heartbeat"]
+
+#: A request to this URL is answered by the forwarder itself (``wonders ping``): a signed
+#: round trip through the mailbox that reaches no server. ``.invalid`` is reserved
+#: (RFC 2606), so no real host can be shadowed.
+PING_HOST = "ping.wonders.invalid"
+PING_URL = f"https://{PING_HOST}/"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,234 @@
+"""``wonders status`` and ``wonders ping``: is the relay alive, and how fast is it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+import tomllib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from wonders._text import human_bytes
+from wonders.crypto import PublicBundle, load_private_key, load_public_bundle, request_id_time
+from wonders.errors import ConfigError, KeyFileError, ObjectNotFound, RelayError, StoreError
+from wonders.relay import layout
+from wonders.relay._store import Store
+from wonders.relay.records import PING_URL, parse_heartbeat
+
+#: A heartbeat older than this means the forwarder is gone (the clients' default too).
+STALE_AFTER = 30.0
+
+
+@dataclass(frozen=True)
+class _Mailbox:
+    url: str
+    endpoint: str | None
+    path_style: bool
+    forwarder: PublicBundle
+
+    def open(self) -> Store:
+        from wonders.relay import open_store
+
+        return open_store(self.url, endpoint_url=self.endpoint, path_style=self.path_style)
+
+
+def _mailbox(config_file: Path | None) -> _Mailbox:
+    """From a client config (found as wonder-run finds it) or a forwarder config."""
+    from wonders.proxy.run import find_client_config, load_client_config
+
+    path = find_client_config(config_file)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        if "policy" in doc:  # a forwarder's config
+            from wonders.config import load_forwarder_config
+
+            forwarder = load_forwarder_config(path)
+            return _Mailbox(forwarder.mailbox, forwarder.endpoint, forwarder.path_style,
+                            load_private_key(forwarder.key).public)
+        client = load_client_config(path)
+        return _Mailbox(client.mailbox, client.endpoint, client.path_style,
+                        load_public_bundle(client.forwarder))
+    except KeyFileError as exc:
+        exc.exit_code = 2
+        raise
+
+
+_CONFIG = click.option(
+    "--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+    help="A client config (default: found as wonder-run finds it) or a forwarder config.")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} d"
+
+
+async def _survey(mailbox: _Mailbox) -> dict[str, Any]:
+    report: dict[str, Any] = {"mailbox": {"url": mailbox.url, "reachable": False},
+                              "forwarders": [], "pending": {}, "alive": 0}
+    async with mailbox.open() as store:
+        started = time.monotonic()
+        try:
+            await store.check()
+        except StoreError as exc:
+            report["mailbox"]["error"] = str(exc)
+            return report
+        report["mailbox"].update(reachable=True, ms=round((time.monotonic() - started) * 1000))
+        now = time.time()
+        async for key in store.list(layout.HEARTBEATS):
+            name = key.removeprefix(layout.HEARTBEATS).removesuffix(".json")
+            try:
+                beat = parse_heartbeat(await store.get(key), mailbox.forwarder)
+            except ObjectNotFound:
+                continue
+            if beat is None:
+                report["forwarders"].append({"id": name, "state": "bad-signature"})
+                continue
+            age = now - beat.time
+            state = "alive" if age <= STALE_AFTER else "stale"
+            report["alive"] += state == "alive"
+            report["forwarders"].append({
+                "id": beat.forwarder, "state": state, "age": round(age, 1),
+                "version": beat.version, "instance": beat.instance,
+                "uptime": round(beat.time - beat.started), "in_flight": beat.in_flight,
+                "counters": beat.counters, "audit": beat.audit, "policy": beat.policy,
+            })
+        pending: dict[str, list[float]] = defaultdict(list)
+        try:
+            async for key in store.list(layout.REQUESTS):
+                parsed = layout.parse_envelope_key(key)
+                if parsed is not None and parsed.index is None:
+                    pending[parsed.client].append(now - request_id_time(parsed.request_id))
+        except StoreError as exc:  # credentials that may only see their own requests
+            report["pending_error"] = str(exc)
+        report["pending"] = {client: {"requests": len(ages), "oldest": round(max(ages), 1)}
+                             for client, ages in sorted(pending.items())}
+    return report
+
+
+def _audit_state(audit: dict[str, Any]) -> str:
+    if not audit:
+        return "-"
+    if audit.get("blocked"):
+        return f"BLOCKED, {audit.get('waiting')} waiting"
+    if audit.get("failing"):
+        return f"failing, {audit.get('waiting')} waiting"
+    return f"ok (batch {audit.get('seq')})"
+
+
+def _print(report: dict[str, Any]) -> None:
+    box = report["mailbox"]
+    if not box["reachable"]:
+        click.echo(f"mailbox {box['url']}: UNREACHABLE: {box.get('error')}")
+        return
+    click.echo(f"mailbox {box['url']}: reachable ({box['ms']} ms)")
+    rows = [("FORWARDER", "STATE", "HEARTBEAT", "VERSION", "UP FOR", "IN-FLIGHT", "REQUESTS",
+             "DENIED", "ERRORS", "DOWN", "AUDIT")]
+    for f in report["forwarders"]:
+        if f["state"] == "bad-signature":
+            rows.append((f["id"], "BAD SIGNATURE (another key?)", *("-",) * 9))
+            continue
+        c = f["counters"]
+        rows.append((f["id"], f["state"], f"{_age(f['age'])} ago", f["version"],
+                     _age(f["uptime"]), str(f["in_flight"]), str(c.get("requests", 0)),
+                     str(c.get("denied", 0)), str(c.get("errors", 0)),
+                     human_bytes(c.get("bytes_down", 0)), _audit_state(f["audit"])))
+    if len(rows) == 1:
+        click.echo("no forwarder heartbeats: no forwarder has run on this mailbox "
+                   "(start one with 'wonders forward --config forwarder.toml')")
+    else:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if report.get("pending_error"):
+        click.echo(f"pending requests: cannot list ({report['pending_error']})")
+    elif report["pending"]:
+        click.echo("pending requests:")
+        for client, p in report["pending"].items():
+            click.echo(f"  {client}: {p['requests']}, the oldest {_age(p['oldest'])} old")
+    else:
+        click.echo("pending requests: none")
+
+
+@click.command()
+@_CONFIG
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+def status(config_file: Path | None, as_json: bool) -> None:
+    """Show whether the mailbox is reachable, each forwarder's heartbeat (age, version,
+    in-flight, counters, audit log) and the requests waiting per client.
+
+    Exit status 0 when at least one forwarder is alive (a heartbeat younger than 30 s,
+    signed by the pinned forwarder key), 1 otherwise.
+    """
+    report = asyncio.run(_survey(_mailbox(config_file)))
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        _print(report)
+    sys.exit(0 if report["alive"] else 1)
+
+
+@click.command()
+@_CONFIG
+@click.option("--count", "-c", default=3, show_default=True, type=click.IntRange(1, 1000),
+              help="How many round trips.")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds to wait for each answer.")
+def ping(config_file: Path | None, count: int, timeout: float) -> None:
+    """A signed round trip through the mailbox that the forwarder answers itself (no
+    internet involved): the first thing to run on a new node.
+
+    Prints each round-trip time and a summary; exit status 1 if any round trip fails.
+    """
+    from wonders.proxy.run import find_client_config, load_client_config
+    from wonders.relay import open_store
+    from wonders.relay.client import RelayClient
+
+    config = load_client_config(find_client_config(config_file))
+    try:
+        key = load_private_key(config.key)
+        forwarder = load_public_bundle(config.forwarder)
+    except KeyFileError as exc:
+        exc.exit_code = 2
+        raise
+
+    async def run() -> list[float]:
+        store = open_store(config.mailbox, endpoint_url=config.endpoint,
+                           path_style=config.path_style)
+        times: list[float] = []
+        async with store, RelayClient(store, key, forwarder, poll_fast=0.005) as client:
+            await store.check(f"responses/{key.name}/")
+            click.echo(f"ping {store.url} as {key.name}, forwarder key {forwarder.name} "
+                       f"({forwarder.kid[:12]}…)")
+            for n in range(1, count + 1):
+                started = time.monotonic()
+                async with await client.request("GET", PING_URL, timeout=timeout) as answer:
+                    body = await answer.read()
+                elapsed = (time.monotonic() - started) * 1000
+                if answer.status != 200:
+                    raise RelayError(f"ping {n}: {answer.status}: "
+                                     f"{body.decode(errors='replace').strip()}")
+                doc = json.loads(body)
+                times.append(elapsed)
+                click.echo(f"{n}: {elapsed:.1f} ms  answered by {doc['forwarder']} "
+                           f"(wonders {doc['version']})")
+        return times
+
+    times = asyncio.run(run())
+    click.echo(f"{len(times)} round trips: min {min(times):.1f}, median "
+               f"{statistics.median(times):.1f}, max {max(times):.1f} ms")
