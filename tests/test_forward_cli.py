@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.relay.harness import Keys, Upstream, client_for, make_keys
@@ -52,10 +55,10 @@ def _config(tmp_path: Path, upstream: Upstream, tables: str = "", **extra: str) 
 
 
 class Process:
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, *extra: str) -> None:
         self.log = log
         self._log_file = log.open("ab")
-        self.proc = subprocess.Popen([WONDERS, "forward", "--config", str(config)],
+        self.proc = subprocess.Popen([WONDERS, "forward", "--config", str(config), *extra],
                                      stdout=self._log_file, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
@@ -95,8 +98,8 @@ async def _until_alive(mailbox: DirectoryStore, keys: Keys, process: Process) ->
     raise AssertionError(f"forwarder never became alive:\n{process.output()}")
 
 
-def _start(tmp_path: Path, config: Path, processes: list[Process]) -> Process:
-    process = Process(config, tmp_path / f"forwarder-{len(processes)}.log")
+def _start(tmp_path: Path, config: Path, processes: list[Process], *extra: str) -> Process:
+    process = Process(config, tmp_path / f"forwarder-{len(processes)}.log", *extra)
     processes.append(process)
     return process
 
@@ -198,6 +201,60 @@ async def test_the_audit_log_goes_to_its_own_store_and_is_flushed_on_sigterm(
     assert shown.returncode == 0, err
     paths = [json.loads(line)["path"] for line in out.splitlines()]
     assert paths == ["/echo/0", "/echo/1", "/echo/2"]
+
+
+async def test_prometheus_metrics(
+    tmp_path: Path, upstream: Upstream, keys: Keys, mailbox: DirectoryStore,
+    processes: list[Process],
+) -> None:
+    process = _start(tmp_path, _config(tmp_path, upstream), processes, "--metrics-port", "0")
+    await _until_alive(mailbox, keys, process)
+    found = re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", process.output())
+    assert found, process.output()
+    async with client_for(mailbox, keys) as client:
+        for path in ("/echo", "/echo", "/status/404"):
+            async with await client.request("GET", f"{upstream.url}{path}") as response:
+                await response.read()
+        async with await client.request("GET", "https://example.com/") as response:
+            assert response.status == 403
+    async with aiohttp.ClientSession() as session:
+        expected = [
+            'wonders_requests_total{client="gpu01",decision="allow",status="200"} 2.0',
+            'wonders_requests_total{client="gpu01",decision="allow",status="404"} 1.0',
+            'wonders_requests_total{client="gpu01",decision="deny",status="403"} 1.0',
+            'wonders_request_seconds_count{client="gpu01"} 4.0',
+            'wonders_upstream_seconds_count{client="gpu01"} 3.0',
+            "wonders_in_flight 0.0",
+            "wonders_audit_blocked 0.0",
+        ]
+        for _ in range(200):  # the last record is counted just after its answer is stored
+            async with session.get(found.group(1)) as scraped:
+                text = await scraped.text()
+            if all(line in text for line in expected):
+                break
+            await asyncio.sleep(0.05)
+        for line in expected:
+            assert line in text, line
+        assert re.search(r'wonders_body_bytes_total\{client="gpu01",direction="down"\} [1-9]',
+                         text)
+        assert "wonders_pending_requests" in text
+    process.proc.send_signal(signal.SIGTERM)
+    assert await process.wait() == 0
+
+
+async def test_metrics_port_in_use(
+    tmp_path: Path, upstream: Upstream, keys: Keys, mailbox: DirectoryStore,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = await asyncio.create_subprocess_exec(
+            WONDERS, "forward", "--config", str(_config(tmp_path, upstream)),
+            "--metrics-port", str(port), stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(done.communicate(), 60)
+    assert done.returncode == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in err.decode()
 
 
 async def _until_logged(process: Process, text: str) -> None:

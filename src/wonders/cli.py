@@ -150,8 +150,14 @@ def policy_check(
               help="The forwarder's config file (TOML).")
 @click.option("--upstream-ca", type=click.Path(path_type=Path),
               help="Extra CA bundle to trust for upstream TLS (overrides the config key).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Serve Prometheus metrics at http://ADDRESS:PORT/metrics (0: a free "
+                   "port, printed at startup). Off by default.")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True,
+              help="The address to serve metrics on (0.0.0.0 in a container).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def forward(config_file: Path, upstream_ca: Path | None, verbose: bool) -> None:
+def forward(config_file: Path, upstream_ca: Path | None, metrics_port: int | None,
+            metrics_address: str, verbose: bool) -> None:
     """Run the internet-side forwarder until SIGTERM or SIGINT.
 
     It polls the mailbox, executes each allowed request once, streams the sealed responses
@@ -162,6 +168,7 @@ def forward(config_file: Path, upstream_ca: Path | None, verbose: bool) -> None:
     from wonders.config import load_forwarder_config
     from wonders.relay import open_store
     from wonders.relay.forwarder import Forwarder
+    from wonders.relay.metrics import Metrics
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
@@ -198,10 +205,19 @@ def forward(config_file: Path, upstream_ca: Path | None, verbose: bool) -> None:
             except StoreError as exc:
                 exc.exit_code = 2
                 raise
+            metrics = Metrics() if metrics_port is not None else None
             forwarder = Forwarder(store, key, rules, config.settings,
                                   upstream_ca=str(extra_ca) if extra_ca else None,
                                   audit_store=audit_store, audit_spool=audit.spool,
-                                  audit_keep_query=audit.keep_query)
+                                  audit_keep_query=audit.keep_query, metrics=metrics)
+            if metrics is not None and metrics_port is not None:
+                try:
+                    host, port = metrics.serve(metrics_port, metrics_address)
+                except OSError as exc:
+                    raise click.BadParameter(
+                        f"cannot serve metrics on {metrics_address}:{metrics_port}: {exc}",
+                        param_hint="--metrics-port") from None
+                click.echo(f"wonders forward: metrics on http://{host}:{port}/metrics", err=True)
             loop = asyncio.get_running_loop()
 
             def reload() -> None:

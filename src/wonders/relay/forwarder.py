@@ -66,6 +66,7 @@ from wonders.relay._polling import Backoff, wait_event
 from wonders.relay._store import Store
 from wonders.relay.audit import AuditWriter, iso_time, redact_headers, redact_target
 from wonders.relay.layout import EnvelopeKey
+from wonders.relay.metrics import Metrics
 from wonders.relay.policy import Limiter, Policy
 from wonders.relay.records import PING_HOST, Claim, Heartbeat, parse_claim, parse_heartbeat
 from wonders.relay.upstream import AddressDenied, Upstream, response_headers, strip_hop_by_hop
@@ -235,10 +236,12 @@ class Forwarder:
         audit_store: Store | None = None,
         audit_spool: Path | None = None,
         audit_keep_query: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         """``audit_store`` (default: the mailbox) holds the audit log; records that cannot
         be stored at shutdown go to ``audit_spool`` and are written at the next start.
-        ``audit_keep_query`` records query values (credentials are redacted still)."""
+        ``audit_keep_query`` records query values (credentials are redacted still).
+        ``metrics`` (optional) counts every request for Prometheus."""
         self.store = store
         self.key = key
         self.settings = settings or ForwarderSettings()
@@ -270,6 +273,10 @@ class Forwarder:
         )
         self._keep_query = audit_keep_query
         self._blocked = False
+        self.metrics = metrics
+        if metrics is not None:
+            metrics.watch(lambda: self.in_flight, lambda: self.audit.waiting,
+                          lambda: float(self._blocked))
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -395,6 +402,8 @@ class Forwarder:
                 log.warning("polling failed: %s", exc)
                 await wait_event(self._stopping, self._backoff.next())
                 continue
+            if self.metrics is not None:
+                self.metrics.pending.set(len(heads))
             started = 0
             for parsed in _fair(heads):
                 if self.in_flight >= self.settings.max_in_flight:
@@ -545,8 +554,10 @@ class Forwarder:
         finally:
             self._log(client, rid, opened, outcome, started)
             if not outcome.nothing:
-                self.audit.add(self._record(client, rid, attempt, opened, outcome, claimed,
-                                            started))
+                record = self._record(client, rid, attempt, opened, outcome, claimed, started)
+                self.audit.add(record)
+                if self.metrics is not None:
+                    self.metrics.observe(record)
 
     async def _open(self, client: str, rid: str, outcome: _Outcome) -> OpenedRequest | None:
         """The verified request, or None once an unusable one has been dealt with."""
