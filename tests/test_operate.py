@@ -110,6 +110,9 @@ async def _init_to_relayed_request(tmp_path: Path, upstream: Upstream, mailbox: 
             await forward.wait()
     gone = await _arun(WONDERS, "status", "--config", client_config)
     assert gone.returncode == 1  # a clean stop removes the heartbeat
+    health = await _arun(WONDERS, "status", "--config", str(fwd / "forwarder.toml"), "--json")
+    assert health.returncode == 1  # the container's health check: this forwarder is gone
+    assert json.loads(health.stdout)["self"] == "missing"
     audit = await _arun(WONDERS, "audit", "--config", str(fwd / "forwarder.toml"), "--json")
     assert audit.returncode == 0, audit.stderr
     hosts = [json.loads(line)["host"] for line in audit.stdout.splitlines()]

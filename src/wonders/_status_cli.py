@@ -32,6 +32,7 @@ class _Mailbox:
     endpoint: str | None
     path_style: bool
     forwarder: PublicBundle
+    own: str | None = None  # from a forwarder config: its id
 
     def open(self) -> Store:
         from wonders.relay import open_store
@@ -54,7 +55,7 @@ def _mailbox(config_file: Path | None) -> _Mailbox:
 
             forwarder = load_forwarder_config(path)
             return _Mailbox(forwarder.mailbox, forwarder.endpoint, forwarder.path_style,
-                            load_private_key(forwarder.key).public)
+                            load_private_key(forwarder.key).public, forwarder.settings.id)
         client = load_client_config(path)
         return _Mailbox(client.mailbox, client.endpoint, client.path_style,
                         load_public_bundle(client.forwarder))
@@ -81,6 +82,8 @@ def _age(seconds: float) -> str:
 async def _survey(mailbox: _Mailbox) -> dict[str, Any]:
     report: dict[str, Any] = {"mailbox": {"url": mailbox.url, "reachable": False},
                               "forwarders": [], "pending": {}, "alive": 0}
+    if mailbox.own is not None:
+        report["self"] = "missing"
     async with mailbox.open() as store:
         started = time.monotonic()
         try:
@@ -102,6 +105,8 @@ async def _survey(mailbox: _Mailbox) -> dict[str, Any]:
             age = now - beat.time
             state = "alive" if age <= STALE_AFTER else "stale"
             report["alive"] += state == "alive"
+            if beat.forwarder == mailbox.own:
+                report["self"] = state
             report["forwarders"].append({
                 "id": beat.forwarder, "state": state, "age": round(age, 1),
                 "version": beat.version, "instance": beat.instance,
@@ -173,13 +178,17 @@ def status(config_file: Path | None, as_json: bool) -> None:
     in-flight, counters, audit log) and the requests waiting per client.
 
     Exit status 0 when at least one forwarder is alive (a heartbeat younger than 30 s,
-    signed by the pinned forwarder key), 1 otherwise.
+    signed by the pinned forwarder key), 1 otherwise. Given a forwarder's config, 0 only
+    when that forwarder (its id) is alive: the container's health check.
     """
-    report = asyncio.run(_survey(_mailbox(config_file)))
+    mailbox = _mailbox(config_file)
+    report = asyncio.run(_survey(mailbox))
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:
         _print(report)
+    if mailbox.own is not None:
+        sys.exit(0 if report.get("self") == "alive" else 1)
     sys.exit(0 if report["alive"] else 1)
 
 
