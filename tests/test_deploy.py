@@ -158,7 +158,7 @@ async def _exchange(tmp_path: Path, keys: Keys, upstream: Upstream, separate_aud
     await audit_store.check()
     async with running_forwarder(forwarder_store, keys, upstream, settings,
                                  audit_store=audit_store) as forwarder:
-        async with client_for(gpu, keys) as client:  # type: ignore[arg-type]
+        async with client_for(gpu, keys) as client:
             for method, path, body in (("GET", "/echo", b""),
                                        ("PUT", "/echo", b"x" * 700_000),
                                        ("GET", "/bytes/300000", b"")):
@@ -185,7 +185,7 @@ async def _exchange(tmp_path: Path, keys: Keys, upstream: Upstream, separate_aud
     auditor = Recording(audit_base, "wonders-audit" if separate_audit else "wonders",
                         calls["auditor"])
     await auditor.check()
-    result = await verify_log(auditor, keys.forwarder.public)  # type: ignore[arg-type]
+    result = await verify_log(auditor, keys.forwarder.public)
     assert result.problems == []
     assert result.records >= 7
 
