@@ -136,3 +136,33 @@ def test_readme_audit_flags_exist() -> None:
         assert lines, prefix
         for flag in {f for line in lines for f in re.findall(r"--[a-z][a-z-]+", line)}:
             assert flag in help_text, (prefix, flag)
+
+
+def test_readme_wonders_commands_exist() -> None:
+    """Every `wonders …` command line in the README names a command that exists, with
+    options it accepts."""
+    import click
+    from click.testing import CliRunner
+
+    from wonders.cli import main
+
+    assert isinstance(main, click.Group)
+    checked = 0
+    for line in re.findall(r"(?:^|[`$] ?)(wonders [a-z][^`\n]*)", README.read_text(),
+                           re.MULTILINE):
+        words = line.split()
+        if words[1] not in main.commands:
+            continue  # prose ("with wonders the …") or output ("wonders forward: …")
+        command: click.Command = main
+        path: list[str] = []
+        for word in words[1:]:
+            if not isinstance(command, click.Group) or word not in command.commands:
+                break
+            command = command.commands[word]
+            path.append(word)
+        assert path, line
+        help_text = CliRunner().invoke(main, [*path, "--help"]).output
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z-]+", line):
+            assert flag in help_text, (line, flag)
+        checked += 1
+    assert checked > 20
