@@ -38,7 +38,7 @@ from wonders.errors import NoForwarder, ObjectNotFound, RelayTimeout, StoreError
 from wonders.relay import layout
 from wonders.relay._polling import Backoff, wait_event
 from wonders.relay._store import Store
-from wonders.relay.records import parse_heartbeat
+from wonders.relay.records import Liveness, parse_heartbeat
 
 __all__ = ["RelayClient", "RelayResponse"]
 
@@ -67,8 +67,10 @@ class RelayClient:
         poll_fast, poll_slow: the poll interval range, seconds.
         lifetime: how long a sealed request stays valid, seconds.
         inline_limit: request bodies up to this size travel inside the head object.
-        stale_after: a heartbeat older than this (seconds) does not count as alive.
+        stale_after: a heartbeat that has not moved for this long (seconds) does not count
+            as alive.
         heartbeat_check: how often (seconds) to re-read heartbeats.
+        skew: how far (seconds) the forwarder's clock may be from ours.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class RelayClient:
         segment_size: int = 1024 * 1024,
         stale_after: float = 30.0,
         heartbeat_check: float = 5.0,
+        skew: float = 300.0,
     ) -> None:
         self.store = store
         self.key = key
@@ -102,6 +105,8 @@ class RelayClient:
         self._alive_at = -float("inf")
         self._alive = False
         self._alive_lock = asyncio.Lock()
+        self._liveness = Liveness(stale_after, skew)
+        self._off: float | None = None  # a heartbeat's clock offset, when beyond the skew
 
     async def __aenter__(self) -> Self:
         return self
@@ -132,21 +137,43 @@ class RelayClient:
             return await self._read_heartbeats()
 
     async def _read_heartbeats(self) -> bool:
-        now = self.clock()
-        alive = False
-        async for key in self.store.list(layout.HEARTBEATS):
-            try:
-                beat = parse_heartbeat(await self.store.get(key), self.forwarder)
-            except ObjectNotFound:
-                continue
-            if beat is not None and beat.fresh(now, self.stale_after):
-                alive = True
-                break
-        self._alive, self._alive_at = alive, now
-        return alive
+        """Alive if a heartbeat is; while the only candidates are *pending* (their clock
+        is off from ours by more than ``stale_after``), look again after their interval
+        until one moves or none can (see :class:`~wonders.relay.records.Liveness`)."""
+        while True:
+            now = self.clock()
+            alive, pending = False, []
+            self._off = None
+            async for key in self.store.list(layout.HEARTBEATS):
+                try:
+                    beat = parse_heartbeat(await self.store.get(key), self.forwarder)
+                except ObjectNotFound:
+                    continue
+                if beat is None:
+                    continue
+                verdict = self._liveness.judge(beat, now)
+                if verdict == "alive":
+                    alive = True
+                    break
+                if verdict == "pending":
+                    pending.append(beat.interval)
+                elif abs(now - beat.time) > self.stale_after + self._liveness.skew:
+                    self._off = now - beat.time  # maybe alive, but the clocks disagree
+            if alive or not pending:
+                self._alive, self._alive_at = alive, now
+                return alive
+            await asyncio.sleep(min(min(pending), self.stale_after) / 2)  # its next beat
 
     async def _require_forwarder(self, refresh: bool = False) -> None:
         if not await self.forwarder_alive(refresh=refresh):
+            if self._off is not None:
+                direction = "behind" if self._off > 0 else "ahead of"
+                raise NoForwarder(
+                    f"the heartbeat of the forwarder on {self.store.url} is "
+                    f"{abs(self._off):.0f} s {direction} this machine's clock, more than "
+                    f"the {self._liveness.skew:.0f} s allowed: check the clocks (NTP) "
+                    "on both sides"
+                )
             raise NoForwarder(
                 f"no forwarder is alive on {self.store.url}: no heartbeat signed by "
                 f"{self.forwarder.name} ({self.forwarder.kid}) in the last "

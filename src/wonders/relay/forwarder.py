@@ -68,7 +68,14 @@ from wonders.relay.audit import AuditWriter, iso_time, redact_headers, redact_ta
 from wonders.relay.layout import EnvelopeKey
 from wonders.relay.metrics import Metrics
 from wonders.relay.policy import Limiter, Policy
-from wonders.relay.records import PING_HOST, Claim, Heartbeat, parse_claim, parse_heartbeat
+from wonders.relay.records import (
+    PING_HOST,
+    Claim,
+    Heartbeat,
+    Liveness,
+    parse_claim,
+    parse_heartbeat,
+)
 from wonders.relay.upstream import AddressDenied, Upstream, response_headers, strip_hop_by_hop
 
 __all__ = ["Forwarder", "ForwarderSettings"]
@@ -264,6 +271,7 @@ class Forwarder:
         self._active: dict[str, asyncio.Task[None]] = {}
         self._per_client: Counter[str] = Counter()
         self._recheck: dict[str, float] = {}  # claimed by others: when to look again
+        self._liveness = Liveness(self.settings.stale_after, self.settings.skew)
         #: Set once the first heartbeat is stored: from then on clients see this forwarder.
         self.ready = asyncio.Event()
         self.audit = AuditWriter(
@@ -521,7 +529,10 @@ class Forwarder:
         beat = parse_heartbeat(data, self.key.public)
         if beat is None:
             return now - claim.claimed > self.settings.stale_after
-        return beat.instance != claim.instance or not beat.fresh(now, self.settings.stale_after)
+        if beat.instance != claim.instance:
+            return True  # that forwarder restarted: the claiming process is gone
+        # alive or pending (its clock is off from ours; look again later): not stale
+        return self._liveness.judge(beat, now) == "dead"
 
     # ------------------------------------------------------------------ requests
 

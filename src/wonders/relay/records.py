@@ -18,14 +18,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.exceptions import InvalidSignature
 
 from wonders.crypto import PrivateKey, PublicBundle
 
-__all__ = ["PING_HOST", "PING_URL", "Claim", "Heartbeat", "parse_claim", "parse_heartbeat"]
+__all__ = [
+    "PING_HOST", "PING_URL", "Claim", "Heartbeat", "Liveness", "parse_claim", "parse_heartbeat",
+]
 
 #: A request to this URL is answered by the forwarder itself (``wonders ping``): a signed
 #: round trip through the mailbox that reaches no server. ``.invalid`` is reserved
@@ -83,9 +87,6 @@ class Heartbeat:
     #: requests until they are stored), and the store error while ``failing``.
     audit: dict[str, Any] = field(default_factory=dict)
 
-    def fresh(self, now: float, stale_after: float) -> bool:
-        return now - self.time <= stale_after
-
     def sign(self, key: PrivateKey) -> bytes:
         body = json.dumps({"v": 1, **asdict(self)}, sort_keys=True)
         signature = key.signing.sign(body.encode())
@@ -107,3 +108,50 @@ def parse_heartbeat(data: bytes, signer: PublicBundle) -> Heartbeat | None:
     if beat.kid != signer.kid:
         return None
     return beat
+
+
+Verdict = Literal["alive", "dead", "pending"]
+
+
+@dataclass
+class _Seen:
+    time: float  # the heartbeat's own time, by its writer's clock
+    at: float  # when this value was first seen, by our monotonic clock
+    moved: bool  # the value has changed while we watched
+    skewed: bool  # when first seen, its time was more than stale_after from ours
+
+
+@dataclass
+class Liveness:
+    """Whether a forwarder is alive, from its heartbeats, when the two clocks may differ by
+    up to ``skew`` seconds.
+
+    A heartbeat seen to change within the last ``stale_after`` seconds (of our own,
+    monotonic clock) is alive, whatever its clock says. Before any change has been seen,
+    one whose time is within ``stale_after`` of ours is alive; one further off, but within
+    ``stale_after + skew``, is *pending*: look again after its interval, and it is alive
+    if it moved. Anything else is dead.
+    """
+
+    stale_after: float
+    skew: float
+    monotonic: Callable[[], float] = time.monotonic
+    _seen: dict[tuple[str, str], _Seen] = field(default_factory=dict)
+
+    def judge(self, beat: Heartbeat, now: float) -> Verdict:
+        """``now`` is our wall clock (Unix seconds), the one the skew is measured against."""
+        key = (beat.forwarder, beat.instance)
+        here = self.monotonic()
+        age = now - beat.time
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = _Seen(beat.time, here, False, abs(age) > self.stale_after)
+        elif seen.time != beat.time:
+            seen.time, seen.at, seen.moved = beat.time, here, True
+        if seen.moved:
+            return "alive" if here - seen.at <= self.stale_after else "dead"
+        if not seen.skewed:
+            return "alive" if abs(age) <= self.stale_after else "dead"
+        if here - seen.at <= self.stale_after and abs(age) <= self.stale_after + self.skew:
+            return "pending"
+        return "dead"
