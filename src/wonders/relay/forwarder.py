@@ -82,6 +82,8 @@ __all__ = ["Forwarder", "ForwarderSettings"]
 
 log = logging.getLogger("wonders.forwarder")
 
+#: Keys a second the forwarder spends listing a backlog it already knows (one S3 page).
+_LIST_RATE = 1000.0
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -271,6 +273,8 @@ class Forwarder:
         self._active: dict[str, asyncio.Task[None]] = {}
         self._per_client: Counter[str] = Counter()
         self._recheck: dict[str, float] = {}  # claimed by others: when to look again
+        self._backlog: dict[str, EnvelopeKey] = {}  # listed, not started yet
+        self._listed_at = -float("inf")
         self._liveness = Liveness(self.settings.stale_after, self.settings.skew)
         #: Set once the first heartbeat is stored: from then on clients see this forwarder.
         self.ready = asyncio.Event()
@@ -404,16 +408,25 @@ class Forwarder:
             if self._audit_full():
                 await wait_event(self._stopping, self._backoff.next())
                 continue
-            try:
-                heads = [p async for p in self._list_heads()]
-            except StoreError as exc:
-                log.warning("polling failed: %s", exc)
-                await wait_event(self._stopping, self._backoff.next())
-                continue
-            if self.metrics is not None:
-                self.metrics.pending.set(len(heads))
+            # A backlog already listed is worked through from memory, and listed again
+            # only after len(backlog) / _LIST_RATE seconds: listing costs stay linear in
+            # the number of requests, however deep the backlog.
+            now = time.monotonic()
+            due = self._listed_at + max(self.settings.poll_fast, len(self._backlog) / _LIST_RATE)
+            if not self._backlog or now >= due:
+                try:
+                    heads = [p async for p in self._list_heads()]
+                except StoreError as exc:
+                    log.warning("polling failed: %s", exc)
+                    await wait_event(self._stopping, self._backoff.next())
+                    continue
+                self._backlog = {p.request_id: p for p in heads
+                                 if p.request_id not in self._active}
+                self._listed_at = now
+                if self.metrics is not None:
+                    self.metrics.pending.set(len(heads))
             started = 0
-            for parsed in _fair(heads):
+            for parsed in _fair(list(self._backlog.values())):
                 if self.in_flight >= self.settings.max_in_flight:
                     break
                 rid, client = parsed.request_id, parsed.client
@@ -428,6 +441,7 @@ class Forwarder:
                 self._per_client[client] += 1
                 task.add_done_callback(functools.partial(self._finished, rid, client))
                 started += 1
+                del self._backlog[rid]
             interval = self._backoff.reset() if started or self._active else self._backoff.next()
             await wait_event(self._wake, interval)
 
