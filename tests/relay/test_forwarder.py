@@ -86,7 +86,9 @@ async def test_large_response_streams_in_segments(
     store: Store, keys: Keys, upstream: Upstream
 ) -> None:
     size = 5 * 1024 * 1024 + 123
-    async with running_forwarder(store, keys, upstream), client_for(store, keys) as client:
+    one_mib = dataclasses.replace(FAST, segment_size=1024 * 1024)
+    async with running_forwarder(store, keys, upstream, one_mib), \
+            client_for(store, keys) as client:
         async with await client.request("GET", f"{upstream.url}/bytes/{size}") as response:
             digest, total, pieces = hashlib.sha256(), 0, 0
             async for piece in response.iter_body():
@@ -97,6 +99,29 @@ async def test_large_response_streams_in_segments(
     assert total == size
     assert digest.hexdigest() == hashlib.sha256(expected).hexdigest()
     assert pieces >= 5  # segments, not one buffered body
+
+
+async def test_read_segments_are_deleted_while_the_body_streams(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    """The client deletes each segment once read, so a long body never piles up in the
+    response prefix that its poller lists."""
+    size = 12 * 1024 * 1024
+    one_mib = dataclasses.replace(FAST, segment_size=1024 * 1024)
+    async with running_forwarder(store, keys, upstream, one_mib), \
+            client_for(store, keys) as client:
+        async with await client.request("GET", f"{upstream.url}/bytes/{size}") as response:
+            first = layout.body_key("responses", "gpu01", response.id, 0)
+            body = response.iter_body()
+            for _ in range(3):
+                await anext(body)
+            for _ in range(500):  # deadline-bounded: the deletion runs in the background
+                if not await store.exists(first):
+                    break
+                await asyncio.sleep(0.01)
+            assert not await store.exists(first)
+            rest = sum([len(piece) async for piece in body])
+    assert rest == size - 3 * 1024 * 1024
 
 
 async def test_sse_first_event_arrives_while_upstream_still_sends(

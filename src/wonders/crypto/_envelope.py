@@ -229,14 +229,15 @@ class BodySealer:
         """SHA-256 of the plaintext sealed so far (of the whole body, once finished)."""
         return self._hash.copy().digest()
 
-    def seal(self, data: bytes) -> bytes:
+    def seal(self, data: bytes | memoryview) -> bytes:
+        """Seal the next data segment; ``data`` may be a memoryview (it is not kept)."""
         if self._finished:
             raise ValueError("body already finished")
         if not 0 < len(data) <= MAX_SEGMENT:
             raise ValueError(f"a data segment holds 1 to {MAX_SEGMENT} bytes, not {len(data)}")
         self._hash.update(data)
         self._length += len(data)
-        ct = self._aead.encrypt(_nonce(self._index, _FLAG_DATA), data, self._aad)
+        ct = self._aead.encrypt(_nonce(self._index, _FLAG_DATA), data, self._aad)  # type: ignore[arg-type]
         self._index += 1
         return bytes([_FLAG_DATA]) + ct
 

@@ -105,6 +105,7 @@ class RelayClient:
         self._alive_at = -float("inf")
         self._alive = False
         self._alive_lock = asyncio.Lock()
+        self._deleting: set[asyncio.Task[None]] = set()
         self._liveness = Liveness(stale_after, skew)
         self._off: float | None = None  # a heartbeat's clock offset, when beyond the skew
 
@@ -120,6 +121,8 @@ class RelayClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+        if self._deleting:  # read segments still being deleted
+            await asyncio.wait(set(self._deleting))
 
     # ------------------------------------------------------------------- liveness
 
@@ -294,6 +297,17 @@ class RelayClient:
             raise
         return RelayResponse(self, opened, waiter, timeout)
 
+    def _delete_later(self, key: str) -> None:
+        task = asyncio.create_task(self._delete_quietly(key))
+        self._deleting.add(task)
+        task.add_done_callback(self._deleting.discard)
+
+    async def _delete_quietly(self, key: str) -> None:
+        try:
+            await self.store.delete(key)
+        except StoreError as exc:  # the janitor is the backstop
+            log.debug("could not delete %s: %s", key, exc)
+
     async def _discard(self, waiter: _Waiter, *, request: bool = False) -> None:
         """Delete what is left of an exchange: the response objects this client saw, and
         (after a failure) the request. Best effort: the janitor is the backstop."""
@@ -353,6 +367,10 @@ class RelayResponse:
             await client._wait_for(self._waiter, key, deadline, f"body segment {index}")
             plain = opener.feed(await client.store.get(key))
             index += 1
+            # Read segments go at once (in the background), so the response prefix the
+            # poller lists holds only what is still to be read, however long the body.
+            self._waiter.keys.discard(key)
+            client._delete_later(key)
             if plain:
                 yield plain
 

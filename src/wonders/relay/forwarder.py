@@ -100,7 +100,7 @@ class ForwarderSettings:
     max_in_flight: int = 64
     skew: float = 300.0
     response_lifetime: float = 300.0
-    segment_size: int = 1024 * 1024
+    segment_size: int = 4 * 1024 * 1024
     flush_idle: float = 0.05
     inline_limit: int = 64 * 1024
     connect_timeout: float = 10.0
@@ -193,7 +193,7 @@ class _ResponseWriter:
     async def start(self, head: ResponseHead) -> None:
         self._sealed = await self._put_head(head, None)
 
-    async def segment(self, data: bytes) -> None:
+    async def segment(self, data: bytes | memoryview) -> None:
         assert self._sealed is not None
         assert self._sealed.body is not None
         await self._put(self._sealed.body.seal(data))
@@ -841,7 +841,9 @@ class Forwarder:
                 if not writer.started and len(buffer) > settings.inline_limit:
                     await writer.start(head)
                 while writer.started and len(buffer) >= settings.segment_size:
-                    await writer.segment(bytes(buffer[: settings.segment_size]))
+                    # sealed straight from the buffer: no copy of the segment
+                    with memoryview(buffer) as view, view[: settings.segment_size] as part:
+                        await writer.segment(part)
                     del buffer[: settings.segment_size]
             if not writer.started:
                 await writer.whole(head, bytes(buffer))
