@@ -216,6 +216,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, 128 MiB download")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--only", choices=["directory", "s3"],
+                        help="measure only this mailbox (and the direct column)")
     args = parser.parse_args()
     plan = {"latency": 100 if args.quick else 300, "requests": 200 if args.quick else 600,
             "concurrency": [1, 16, 64], "download": (128 if args.quick else 1024) << 20,
@@ -236,7 +238,8 @@ def main() -> int:
             results["direct"] = _run_client([], base, plan, direct_env)
             stores: list[tuple[str, str | None, dict[str, Any]]] = []
             (work / "mailbox").mkdir()
-            stores.append(((work / "mailbox").as_uri(), None, plan))
+            if args.only != "s3":
+                stores.append(((work / "mailbox").as_uri(), None, plan))
             moto, endpoint = _moto()
             try:
                 import boto3
@@ -246,7 +249,8 @@ def main() -> int:
                              ).create_bucket(Bucket="relay-bench")
                 env.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                            AWS_DEFAULT_REGION="us-east-1")
-                stores.append(("s3://relay-bench/m", endpoint, s3_plan))
+                if args.only != "directory":
+                    stores.append(("s3://relay-bench/m", endpoint, s3_plan))
                 for mailbox, s3, store_plan in stores:
                     name = "relay-s3" if s3 else "relay-directory"
                     site = work / name
