@@ -140,6 +140,12 @@ asyncio.run(main())
 '''
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _peak_mib(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) / 1024
@@ -264,8 +270,12 @@ def main() -> int:
                         print(f"{name} …", flush=True)
                         prefix = [str(BIN / "wonder-run"), "--config",
                                   str(site / "client.toml"), "--"]
+                        busy = _cpu_seconds(moto.pid), time.monotonic()
                         results[name] = _run_client(prefix, base, store_plan, env)
                         results[name]["forwarder_peak_mib"] = _peak_mib(fw.pid)
+                        if s3:  # how much of the two cores the S3 server itself took
+                            results[name]["moto_cores"] = (
+                                (_cpu_seconds(moto.pid) - busy[0]) / (time.monotonic() - busy[1]))
             finally:
                 assert moto.stdin is not None
                 moto.stdin.close()
@@ -299,6 +309,7 @@ def _report(results: dict[str, dict[str, Any]], plan: dict[str, Any]) -> None:
     row("proxy peak RSS (MiB)",
         lambda r: r["parent_peak_mib"] if "forwarder_peak_mib" in r else None, ".0f")
     row("forwarder peak RSS (MiB)", lambda r: r["forwarder_peak_mib"], ".0f")
+    row("S3 server CPU (cores)", lambda r: r["moto_cores"], ".2f")
     width = max(len(label) for label, _ in rows)
     print()
     print(" " * width + "".join(f"{c:>18}" for c in columns))
