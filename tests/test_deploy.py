@@ -21,15 +21,22 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from tests.relay.harness import FAST, Keys, Upstream, client_for, make_keys, running_forwarder
+from tests.relay.harness import (
+    FAST,
+    Keys,
+    Upstream,
+    WrappedStore,
+    client_for,
+    make_keys,
+    running_forwarder,
+)
 from wonders.cli import main
 from wonders.crypto import RequestHead, new_request_id, seal_request
 from wonders.errors import RelayTimeout
@@ -41,57 +48,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 
 
-class Recording:
+class Recording(WrappedStore):
     """A store that notes every call as (S3 action, bucket, key or list prefix)."""
 
     def __init__(self, inner: Store, bucket: str, calls: set[tuple[str, str, str]]) -> None:
-        self.inner, self.bucket, self.calls = inner, bucket, calls
+        super().__init__(inner)
+        self.bucket, self.calls = bucket, calls
 
-    def _note(self, action: str, key: str) -> None:
+    def _on(self, action: str, key: str) -> None:
         self.calls.add((action, self.bucket, key))
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
-
-    async def check(self, prefix: str = "") -> None:
-        self._note("s3:ListBucket", prefix)
-        await self.inner.check(prefix)
-
-    async def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
-        self._note("s3:PutObject", key)
-        await self.inner.put(key, data, create_only=create_only)
-
-    async def get(self, key: str) -> bytes:
-        self._note("s3:GetObject", key)
-        return await self.inner.get(key)
-
-    async def stream(self, key: str, *, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        self._note("s3:GetObject", key)
-        async for piece in self.inner.stream(key, chunk_size=chunk_size):
-            yield piece
-
-    async def exists(self, key: str) -> bool:
-        self._note("s3:GetObject", key)  # HeadObject needs s3:GetObject
-        return await self.inner.exists(key)
-
-    async def list(self, prefix: str, *, start_after: str | None = None) -> AsyncIterator[str]:
-        self._note("s3:ListBucket", prefix)
-        async for key in self.inner.list(prefix, start_after=start_after):
-            yield key
-
-    async def delete(self, key: str) -> None:
-        self._note("s3:DeleteObject", key)
-        await self.inner.delete(key)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
 
 Grant = tuple[int, str, str]  # statement index, action, resource or prefix pattern

@@ -266,52 +266,49 @@ def client_for(store: Store, keys: Keys, name: str = "gpu01", **kwargs: object) 
     return RelayClient(store, keys.clients[name], keys.forwarder.public, **options)  # type: ignore[arg-type]
 
 
-class OutageStore:
-    """A store that fails every call with StoreError while ``down`` is set, as an
-    unreachable endpoint does; ``calls_while_down`` counts the refused calls."""
+class WrappedStore:
+    """A store that passes every call to ``inner`` after ``_on(action, key)``; the action
+    is the S3 permission the call needs (``s3:GetObject`` also for ``exists``), the key
+    is the object key or the listed prefix."""
 
     def __init__(self, inner: Store) -> None:
         self.inner = inner
-        self.down = False
-        self.calls_while_down = 0
 
-    def _check(self) -> None:
-        if self.down:
-            self.calls_while_down += 1
-            raise StoreError(f"{self.inner.url}: cannot connect (outage in a test)")
+    def _on(self, action: str, key: str) -> None:
+        """Called before each call; raise to make it fail."""
 
     @property
     def url(self) -> str:
         return self.inner.url
 
     async def check(self, prefix: str = "") -> None:
-        self._check()
+        self._on("s3:ListBucket", prefix)
         await self.inner.check(prefix)
 
     async def put(self, key: str, data: bytes, *, create_only: bool = False) -> None:
-        self._check()
+        self._on("s3:PutObject", key)
         await self.inner.put(key, data, create_only=create_only)
 
     async def get(self, key: str) -> bytes:
-        self._check()
+        self._on("s3:GetObject", key)
         return await self.inner.get(key)
 
     async def stream(self, key: str, *, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        self._check()
+        self._on("s3:GetObject", key)
         async for piece in self.inner.stream(key, chunk_size=chunk_size):
             yield piece
 
     async def exists(self, key: str) -> bool:
-        self._check()
+        self._on("s3:GetObject", key)  # HeadObject needs s3:GetObject
         return await self.inner.exists(key)
 
     async def list(self, prefix: str, *, start_after: str | None = None) -> AsyncIterator[str]:
-        self._check()
+        self._on("s3:ListBucket", prefix)
         async for key in self.inner.list(prefix, start_after=start_after):
             yield key
 
     async def delete(self, key: str) -> None:
-        self._check()
+        self._on("s3:DeleteObject", key)
         await self.inner.delete(key)
 
     async def close(self) -> None:
@@ -322,3 +319,18 @@ class OutageStore:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+class OutageStore(WrappedStore):
+    """A store that fails every call with StoreError while ``down`` is set, as an
+    unreachable endpoint does; ``calls_while_down`` counts the refused calls."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.down = False
+        self.calls_while_down = 0
+
+    def _on(self, action: str, key: str) -> None:
+        if self.down:
+            self.calls_while_down += 1
+            raise StoreError(f"{self.inner.url}: cannot connect (outage in a test)")
