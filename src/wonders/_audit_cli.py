@@ -17,13 +17,20 @@ from typing import Any
 
 import click
 
-from wonders._text import human_bytes
+from wonders._text import human_bytes, table
 from wonders.crypto import PublicBundle, load_private_key, load_public_bundle
 from wonders.errors import ConfigError, KeyFileError, StoreError
 from wonders.relay import layout
 from wonders.relay._polling import wait_event
 from wonders.relay._store import Store
-from wonders.relay.audit import Batch, Problem, parse_time, read_batches, verify_log
+from wonders.relay.audit import (
+    Batch,
+    Problem,
+    batch_keys,
+    parse_time,
+    read_batches,
+    verify_log,
+)
 
 DECISIONS = ("allow", "deny", "report", "rejected")
 
@@ -142,19 +149,8 @@ def _status(ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
 
 async def _keys(store: Store, since: float | None, until: float | None, now: float) -> list[str]:
     """Batch keys that can hold records from ``since`` to ``until``: a batch is filed on
-    the day it is written, which is the day of its records or later."""
-    if since is None:
-        keys = [k async for k in store.list(layout.AUDIT)]
-    else:
-        first = datetime.fromtimestamp(since, UTC).date()
-        end = min(now, (until if until is not None else now) + 86400)
-        last = datetime.fromtimestamp(end, UTC).date()
-        keys = []
-        day = first
-        while day <= last:
-            keys += [k async for k in store.list(layout.audit_day_prefix(day))]
-            day += timedelta(days=1)
-    return [k for k in keys if layout.parse_audit_key(k) is not None]
+    the day it is written, which is the day of its records or a day later."""
+    return await batch_keys(store, since, min(now, (until if until is not None else now) + 86400))
 
 
 def _warn(problem: Problem) -> None:
@@ -180,15 +176,9 @@ def _row(record: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     right = {i for i, h in enumerate(header) if h in ("UP", "DOWN", "MS", "REQUESTS", "DENIED",
                                                      "ERRORS", "REJECTED")}
-    lines = []
-    for row in [header, *rows]:
-        cells = [c.rjust(w) if i in right else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+    return table([header, *rows], right)
 
 
 def _emit(records: Iterable[dict[str, Any]], as_json: bool, header: bool) -> int:

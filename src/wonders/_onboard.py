@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from wonders._text import table
 from wonders.crypto import (
     PrivateKey,
     check_name,
@@ -292,10 +293,7 @@ def clients_list(policy_file: Path) -> None:
     for name, entry in policy.clients.items():
         rows.append((name, entry.bundle.kid, entry.mode,
                      " ".join(e.text for e in entry.allow) or "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False))
-                   + "  " + row[3])
+    click.echo(table(rows))
 
 
 @clients.command("remove")

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from wonders._text import human_bytes
+from wonders._text import human_bytes, table
 from wonders.crypto import PublicBundle, load_private_key, load_public_bundle, request_id_time
 from wonders.errors import ConfigError, KeyFileError, ObjectNotFound, RelayError, StoreError
 from wonders.relay import layout
@@ -157,9 +157,7 @@ def _print(report: dict[str, Any]) -> None:
         click.echo("no forwarder heartbeats: no forwarder has run on this mailbox "
                    "(start one with 'wonders forward --config forwarder.toml')")
     else:
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        click.echo(table(rows))
     if report.get("pending_error"):
         click.echo(f"pending requests: cannot list ({report['pending_error']})")
     elif report["pending"]:

@@ -618,12 +618,8 @@ class Forwarder:
                 outcome.status = status
                 hint = ("it waited longer than its lifetime for a forwarder"
                         if exc.reason == "expired" else "check the clocks of both sides")
-                head, body = _error_head(status, "request-" + exc.reason,
-                                         f"wonders: request refused: {exc.message}; {hint}")
-                with contextlib.suppress(ObjectExists):
-                    await _ResponseWriter(self, late, client).whole(head, body)
-                with contextlib.suppress(ObjectExists):
-                    await self.store.put(layout.done_key(rid), b"", create_only=True)
+                await self._refuse(late, client, status, "request-" + exc.reason,
+                                   f"wonders: request refused: {exc.message}; {hint}")
             else:
                 log.warning("request %s in %s's mailbox removed: %s", rid, client, exc)
             await self._delete_request(client, rid)
@@ -632,18 +628,23 @@ class Forwarder:
         if opened.expires - opened.issued > longest:
             self.counters.rejected += 1
             outcome.decision, outcome.error, outcome.status = "rejected", "request-lifetime", 400
-            head, body = _error_head(
-                400, "request-lifetime",
+            await self._refuse(
+                opened, client, 400, "request-lifetime",
                 f"wonders: request refused: it asks to stay valid for "
                 f"{opened.expires - opened.issued:.0f} s; this forwarder accepts {longest:.0f} s",
             )
-            with contextlib.suppress(ObjectExists):
-                await _ResponseWriter(self, opened, client).whole(head, body)
-            with contextlib.suppress(ObjectExists):
-                await self.store.put(layout.done_key(rid), b"", create_only=True)
             await self._delete_request(client, rid)
             return None
         return opened
+
+    async def _refuse(self, request: OpenedRequest, client: str, status: int, code: str,
+                      message: str) -> None:
+        """Answer an authenticated request that will not be executed; mark it done."""
+        head, body = _error_head(status, code, message)
+        with contextlib.suppress(ObjectExists):
+            await _ResponseWriter(self, request, client).whole(head, body)
+        with contextlib.suppress(ObjectExists):
+            await self.store.put(layout.done_key(request.id), b"", create_only=True)
 
     async def _serve(
         self, client: str, request: OpenedRequest, attempt: int, writer: _ResponseWriter,
