@@ -321,6 +321,19 @@ async def test_expired_request_is_answered_not_executed(
     assert upstream.hits["/echo"] == 0
 
 
+async def test_a_request_asking_for_too_long_a_lifetime_is_refused(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
+    async with running_forwarder(store, keys, upstream), \
+            client_for(store, keys, lifetime=7200.0) as client:
+        async with await client.request("GET", f"{upstream.url}/echo") as response:
+            assert response.status == 400
+            assert response.header("X-Wonders-Error") == "request-lifetime"
+            assert "this forwarder accepts 3600 s" in (await response.read()).decode()
+    assert upstream.hits["/echo"] == 0
+    assert [k async for k in store.list("requests/")] == []
+
+
 async def test_a_replayed_head_is_not_executed_twice(
     store: Store, keys: Keys, upstream: Upstream
 ) -> None:
