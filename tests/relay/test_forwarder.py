@@ -16,6 +16,7 @@ import pytest
 from tests.relay.harness import (
     FAST,
     Keys,
+    OutageStore,
     Upstream,
     client_for,
     make_keys,
@@ -24,7 +25,7 @@ from tests.relay.harness import (
 )
 from wonders.crypto import PrivateKey, RequestHead, new_request_id, seal_request
 from wonders.errors import EnvelopeError, NoForwarder, RelayTimeout
-from wonders.relay import Store, layout
+from wonders.relay import DirectoryStore, Store, layout
 from wonders.relay.client import RelayResponse
 
 
@@ -319,6 +320,32 @@ async def test_expired_request_is_answered_not_executed(
             assert response.header("X-Wonders-Error") == "request-expired"
             assert "waited longer than its lifetime" in (await response.read()).decode()
     assert upstream.hits["/echo"] == 0
+
+
+async def test_the_client_rides_out_a_mailbox_outage_then_times_out(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    """Store failures on the client's side are retried until the request's deadline."""
+    inner = DirectoryStore(tmp_path / "mailbox")
+    flaky = OutageStore(inner)
+    async with running_forwarder(inner, keys, upstream), client_for(flaky, keys) as client:
+        flaky.down = True
+        pending = asyncio.create_task(client.request("GET", f"{upstream.url}/echo",
+                                                     timeout=30))
+        for _ in range(500):  # deadline-bounded: the client has met the outage a few times
+            if flaky.calls_while_down >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert flaky.calls_while_down >= 3
+        assert not pending.done()
+        flaky.down = False
+        async with await asyncio.wait_for(pending, 30) as response:
+            assert response.status == 200
+        flaky.down = True
+        with pytest.raises(RelayTimeout, match="the mailbox stayed out of reach"):
+            await client.request("GET", f"{upstream.url}/echo", timeout=1)
+        flaky.down = False
+    assert upstream.hits["/echo"] == 1
 
 
 async def test_a_request_asking_for_too_long_a_lifetime_is_refused(

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Self
+from typing import Self, TypeVar
 
 from wonders.crypto import (
     MAX_SEGMENT,
@@ -34,13 +35,15 @@ from wonders.crypto import (
     open_response,
     seal_request,
 )
-from wonders.errors import NoForwarder, ObjectNotFound, RelayTimeout, StoreError
+from wonders.errors import NoForwarder, ObjectExists, ObjectNotFound, RelayTimeout, StoreError
 from wonders.relay import layout
 from wonders.relay._polling import Backoff, wait_event
 from wonders.relay._store import Store
 from wonders.relay.records import Liveness, parse_heartbeat
 
 __all__ = ["RelayClient", "RelayResponse"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("wonders.client")
 
@@ -191,6 +194,7 @@ class RelayClient:
 
     async def _poll(self) -> None:
         prefix = f"{layout.RESPONSES}{self.key.name}/"
+        failing = False
         while True:
             if not self._waiters:
                 self._wake.clear()
@@ -203,8 +207,13 @@ class RelayClient:
                     parsed = layout.parse_envelope_key(key)
                     if parsed is not None and parsed.request_id in self._waiters:
                         found.setdefault(parsed.request_id, set()).add(key)
+                if failing:
+                    log.warning("polling %s works again", prefix)
+                failing = False
             except StoreError as exc:  # keep polling; waiters have their own deadlines
-                log.warning("polling %s failed: %s", prefix, exc)
+                if not failing:  # once per outage, not once per poll
+                    log.warning("polling %s failed: %s; retrying", prefix, exc)
+                failing = True
             changed = False
             for request_id, keys in found.items():
                 waiter = self._waiters.get(request_id)
@@ -225,18 +234,41 @@ class RelayClient:
             if key in waiter.keys:
                 break
             if not await wait_event(waiter.changed, min(remaining, self.heartbeat_check)):
-                await self._require_forwarder()
+                with contextlib.suppress(StoreError):  # unreachable for now: the deadline rules
+                    await self._require_forwarder()
+
+    async def _patiently(self, deadline: float, what: str, call: Callable[[], Awaitable[_T]],
+                         ) -> _T:
+        """``call()``, retried while the store fails (ObjectNotFound and ObjectExists are
+        answers, not failures) until ``deadline`` (loop time): a mailbox briefly out of
+        reach delays a request; for longer, the request times out (504)."""
+        loop = asyncio.get_running_loop()
+        delay = 0.1
+        while True:
+            try:
+                return await call()
+            except (ObjectNotFound, ObjectExists):
+                raise
+            except StoreError as exc:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise RelayTimeout(
+                        f"the mailbox stayed out of reach while trying to {what}: {exc}"
+                    ) from None
+                log.warning("could not %s, retrying: %s", what, exc)
+                await asyncio.sleep(min(delay, left))  # the retry interval
+                delay = min(delay * 2, 2.0)
 
     # ------------------------------------------------------------------- requests
 
-    async def _put_body(self, sealed: Sealed, body: Body) -> None:
+    async def _put_body(self, sealed: Sealed, body: Body, deadline: float) -> None:
         assert sealed.body is not None
         index = 0
 
         async def put(data: bytes) -> None:
             nonlocal index
             key = layout.body_key("requests", self.key.name, sealed.id, index)
-            await self.store.put(key, data)
+            await self._patiently(deadline, f"store {key}", lambda: self.store.put(key, data))
             index += 1
 
         buffer = bytearray()
@@ -263,10 +295,13 @@ class RelayClient:
 
         The body is read with :meth:`RelayResponse.iter_body` (or ``read``); close the
         response to delete it from the mailbox. Raises NoForwarder (503), RelayTimeout
-        (504), EnvelopeError (a response that fails verification), StoreError.
+        (504; also when the mailbox stays out of reach for ``timeout``: store failures
+        are retried until then), EnvelopeError (a response that fails verification).
         """
         head = RequestHead(method, url, tuple(headers))
-        await self._require_forwarder()
+        loop = asyncio.get_running_loop()
+        sending = loop.time() + timeout  # how long the store may be out of reach, sending
+        await self._patiently(sending, "read the heartbeats", self._require_forwarder)
         now = self.clock()
         request_id = new_request_id(now)
         inline = isinstance(body, bytes) and len(body) <= self.inline_limit
@@ -279,17 +314,20 @@ class RelayClient:
         head_key = layout.head_key("requests", self.key.name, request_id)
         try:
             if not inline:
-                await self._put_body(sealed, body)
-            await self.store.put(head_key, sealed.data)
+                await self._put_body(sealed, body, sending)
+            await self._patiently(sending, f"store {head_key}",
+                                  lambda: self.store.put(head_key, sealed.data))
             self._ensure_poller()
             self._backoff.reset()
             self._wake.set()
-            deadline = asyncio.get_running_loop().time() + timeout
+            deadline = loop.time() + timeout
             response_head = layout.head_key("responses", self.key.name, request_id)
             await self._wait_for(waiter, response_head, deadline, "response")
+            data = await self._patiently(deadline, f"read {response_head}",
+                                         lambda: self.store.get(response_head))
             opened = open_response(
-                await self.store.get(response_head), recipient=self.key,
-                forwarder=self.forwarder, request=sealed, now=self.clock(),
+                data, recipient=self.key, forwarder=self.forwarder, request=sealed,
+                now=self.clock(),
             )
         except BaseException:
             self._waiters.pop(request_id, None)
@@ -365,7 +403,8 @@ class RelayResponse:
             key = layout.body_key("responses", name, self.id, index)
             deadline = loop.time() + self._idle_timeout
             await client._wait_for(self._waiter, key, deadline, f"body segment {index}")
-            plain = opener.feed(await client.store.get(key))
+            plain = opener.feed(await client._patiently(
+                deadline, f"read {key}", functools.partial(client.store.get, key)))
             index += 1
             # Read segments go at once (in the background), so the response prefix the
             # poller lists holds only what is still to be read, however long the body.
