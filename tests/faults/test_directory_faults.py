@@ -1,5 +1,6 @@
 """A directory mailbox whose disk fills up, or whose directory stops being writable: each
-side gets a clear error, and both keep serving once it is fixed.
+side gets a clear error (the client retries until its deadline, then a 504 naming the
+cause), and both keep serving once it is fixed.
 
 The mailbox is a 4 MiB tmpfs in a new user and mount namespace, and the scenario runs
 without capabilities (so file permissions apply even to root); skipped, with the reason,
@@ -20,7 +21,7 @@ SCENARIO = textwrap.dedent('''
     import asyncio, json, os, sys, dataclasses
     from pathlib import Path
     from wonders.crypto import PrivateKey, write_key_files
-    from wonders.errors import StoreError
+    from wonders.errors import RelayError
     from wonders.relay import DirectoryStore
     from wonders.relay.client import RelayClient
     from wonders.relay.forwarder import Forwarder, ForwarderSettings
@@ -46,12 +47,12 @@ SCENARIO = textwrap.dedent('''
         await forwarder.ready.wait()
         async with RelayClient(store, gpu, fw.public, poll_fast=0.005, poll_slow=0.1,
                                heartbeat_check=0.5) as client:
-            async def ping(label):
+            async def ping(label, timeout=20):
                 try:
-                    async with await client.request("GET", PING_URL, timeout=20) as r:
+                    async with await client.request("GET", PING_URL, timeout=timeout) as r:
                         await r.read()
                         say(step=label, status=r.status)
-                except StoreError as exc:
+                except RelayError as exc:  # the client retried until its deadline: 504
                     say(step=label, error=str(exc))
 
             await ping("before")
@@ -63,13 +64,13 @@ SCENARIO = textwrap.dedent('''
                         out.flush()
                 except OSError:
                     pass
-            await ping("disk-full")
+            await ping("disk-full", timeout=2)
             filler.unlink()
             await ping("space-freed")
             own = disk / "mailbox" / "requests" / "gpu01"
             own.mkdir(parents=True, exist_ok=True)
             os.chmod(own, 0o500)
-            await ping("not-writable")
+            await ping("not-writable", timeout=2)
             os.chmod(own, 0o700)
             await ping("writable-again")
         say(step="forwarder", running=not running.done())
