@@ -1,0 +1,1 @@
+"""Regression tests for the hardening issue: each attack that worked before its fix."""
