@@ -47,7 +47,7 @@ def _config(tmp_path: Path, upstream: Upstream, tables: str = "", **extra: str) 
     }
     text = "\n".join(f"{k} = {v}" for k, v in lines.items() if v)
     text += "\n[tuning]\npoll_fast = 0.005\npoll_slow = 0.1\nheartbeat_interval = 0.5\n"
-    text += "stale_after = 3.0\nflush_idle = 0.02\ngrace = 10.0\n"
+    text += "stale_after = 3.0\nflush_delay = 0.02\ngrace = 10.0\n"
     text += tables
     path = tmp_path / "forwarder.toml"
     path.write_text(text)

@@ -20,7 +20,7 @@ from wonders.errors import EnvelopeError
 from wonders.relay import DirectoryStore
 
 # the read timeout (a silent upstream) and the total timeout (a dripping one), short
-SETTINGS = dataclasses.replace(FAST, read_timeout=1.5, total_timeout=4.0, flush_idle=0.05)
+SETTINGS = dataclasses.replace(FAST, read_timeout=1.5, total_timeout=4.0, flush_delay=0.05)
 
 
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -33,7 +33,7 @@ FAST = ForwarderSettings(
     # live forwarder's claim must not look stale (takeover tests rely on restarts, which
     # change the instance and are seen at once).
     id="fw-test", poll_fast=0.005, poll_slow=0.1, heartbeat_interval=0.5, stale_after=10.0,
-    flush_idle=0.02, grace=5.0, read_timeout=10.0,
+    flush_delay=0.02, grace=5.0, read_timeout=10.0,
 )
 
 
@@ -50,6 +50,8 @@ class Upstream:
     sse_go: asyncio.Event = field(default_factory=asyncio.Event)
     held: asyncio.Event = field(default_factory=asyncio.Event)  # a request reached /hold
     release: asyncio.Event = field(default_factory=asyncio.Event)  # let /hold answer
+    ticks_stop: asyncio.Event = field(default_factory=asyncio.Event)  # end /ticks early
+    ticks_ended: asyncio.Event = field(default_factory=asyncio.Event)  # /ticks has ended
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -92,6 +94,27 @@ async def _sse(request: web.Request) -> web.StreamResponse:
     await upstream.sse_go.wait()  # the test says go once it has the first event
     await response.write(b"data: second\n\n")
     await response.write_eof()
+    return response
+
+
+async def _ticks(request: web.Request) -> web.StreamResponse:
+    """Server-sent events every ``ms`` milliseconds, as an LLM streams tokens, until ``n``
+    were sent or the test sets ``ticks_stop``."""
+    upstream: Upstream = request.app[UPSTREAM]
+    upstream.hits[request.path] += 1
+    interval, count = int(request.query["ms"]) / 1000, int(request.query["n"])
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    try:
+        for n in range(count):
+            await response.write(f"data: {n}\n\n".encode())
+            with contextlib.suppress(TimeoutError):  # the stream's own cadence
+                await asyncio.wait_for(upstream.ticks_stop.wait(), interval)
+            if upstream.ticks_stop.is_set():
+                break
+        await response.write_eof()
+    finally:
+        upstream.ticks_ended.set()
     return response
 
 
@@ -177,6 +200,7 @@ async def serve_upstream(tmp_path: Path, host: str = "127.0.0.1") -> AsyncIterat
     app.router.add_route("*", "/echo/{tail:.*}", _echo)
     app.router.add_get("/bytes/{size}", _bytes)
     app.router.add_get("/sse", _sse)
+    app.router.add_get("/ticks", _ticks)
     app.router.add_get("/redirect", _redirect)
     app.router.add_route("*", "/hold", _hold)
     app.router.add_get("/simple/", _simple)

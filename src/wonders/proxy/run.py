@@ -44,7 +44,7 @@ CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CE
                 "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO")
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 LOCAL_SETTINGS = ForwarderSettings(id="local", poll_fast=0.005, poll_slow=0.25,
-                                   heartbeat_interval=2.0, stale_after=10.0, flush_idle=0.02)
+                                   heartbeat_interval=2.0, stale_after=10.0, flush_delay=0.02)
 _CONFIG_KEYS = ("key", "forwarder", "mailbox", "endpoint", "path_style", "timeout")
 
 

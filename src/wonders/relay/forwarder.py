@@ -20,9 +20,11 @@ Theory of operation:
 * **Decide.** The policy (403, ``X-Wonders-Error: policy-denied``) and the limiter (429)
   run before any DNS lookup; the address guard runs in the resolver.
 * **Fetch and stream.** The upstream body is sealed in segments as it arrives: a segment
-  is flushed when full or after ``flush_idle`` seconds without new bytes, so event streams
-  flow. A body over the client's ``max_response_bytes`` ends with an error trailer.
-  A response that ends within ``flush_idle`` and ``inline_limit`` goes inline in its head.
+  is flushed when full or at most ``flush_delay`` seconds after its oldest byte arrived
+  (``stream_flush_delay`` for event streams), so a steady token stream flows. A body over
+  the client's ``max_response_bytes`` ends with an error trailer. A response that ends
+  within its delay and ``inline_limit`` goes inline in its head (see
+  :mod:`wonders.relay.segmenter`).
 * **Audit.** Every attempt that got past its claim becomes one audit record (see
   :mod:`wonders.relay.audit`); while too many records wait for a failing store, no new
   request is started.
@@ -76,6 +78,16 @@ from wonders.relay.records import (
     parse_claim,
     parse_heartbeat,
 )
+from wonders.relay.segmenter import (
+    Action,
+    Finish,
+    Refuse,
+    Segment,
+    Segmenter,
+    Start,
+    Whole,
+    flush_delay_for,
+)
 from wonders.relay.upstream import AddressDenied, Upstream, response_headers, strip_hop_by_hop
 
 __all__ = ["Forwarder", "ForwarderSettings"]
@@ -101,7 +113,11 @@ class ForwarderSettings:
     skew: float = 300.0
     response_lifetime: float = 300.0
     segment_size: int = 4 * 1024 * 1024
-    flush_idle: float = 0.05
+    #: The longest a response byte waits in the forwarder before it is sent (counted from
+    #: the oldest byte waiting, so a steady stream flows); event streams use the shorter
+    #: ``stream_flush_delay``. See :mod:`wonders.relay.segmenter`.
+    flush_delay: float = 0.25
+    stream_flush_delay: float = 0.01
     inline_limit: int = 64 * 1024
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
@@ -809,70 +825,62 @@ class Forwarder:
                 await queue.put(exc)
 
         reader = asyncio.create_task(read())
-        buffer = bytearray()
-        total = 0
+        loop = asyncio.get_running_loop()
+        segmenter = Segmenter(
+            now=loop.time(), segment_size=settings.segment_size,
+            inline_limit=settings.inline_limit, limit=limit,
+            delay=flush_delay_for(head.headers, bulk=settings.flush_delay,
+                                  stream=settings.stream_flush_delay),
+            limit_message=f"response body over {limit} bytes (max_response_bytes of "
+                          f"client {client}); cut here",
+        )
         try:
-            while True:
-                wait = settings.flush_idle if buffer or not writer.started else None
+            while not segmenter.done:
+                deadline = segmenter.deadline()
+                wait = None if deadline is None else max(0.0, deadline - loop.time())
                 try:
                     item = await asyncio.wait_for(queue.get(), wait)
                 except TimeoutError:
-                    if not writer.started:
-                        await writer.start(head)
-                    if buffer:
-                        await writer.segment(bytes(buffer))
-                        buffer.clear()
+                    await self._act(writer, head, segmenter.tick(loop.time()))
                     continue
                 if item is None:
-                    break
-                if isinstance(item, BaseException):
+                    actions = segmenter.end()
+                elif isinstance(item, BaseException):
                     self.counters.errors += 1
-                    if not writer.started and isinstance(item, TimeoutError):
-                        raise _ErrorReply(504, "upstream-timeout",
-                                          "wonders: the upstream server stopped sending")
-                    if not writer.started:
+                    actions = segmenter.fail(f"the upstream response broke off: {item}")
+                    if not actions:  # nothing stored yet: answer with an error instead
+                        if isinstance(item, TimeoutError):
+                            raise _ErrorReply(504, "upstream-timeout",
+                                              "wonders: the upstream server stopped sending")
                         raise _ErrorReply(502, "upstream-error",
                                           f"wonders: the upstream response broke off: {item}")
-                    await self._flush(writer, buffer)
-                    await writer.finish(f"the upstream response broke off: {item}")
                     outcome.error = "upstream-broke"
-                    return
-                total += len(item)
-                if limit is not None and total > limit:
-                    message = (f"response body over {limit} bytes (max_response_bytes of "
-                               f"client {client}); cut here")
-                    if not writer.started:
-                        raise _ErrorReply(502, "response-too-large", f"wonders: {message}")
-                    keep = len(item) - (total - limit)
-                    buffer += item[:keep]
-                    await self._flush(writer, buffer)
-                    await writer.finish(message)
-                    outcome.error = "response-too-large"
-                    return
-                buffer += item
-                if not writer.started and len(buffer) > settings.inline_limit:
-                    await writer.start(head)
-                while writer.started and len(buffer) >= settings.segment_size:
-                    # sealed straight from the buffer: no copy of the segment
-                    with memoryview(buffer) as view, view[: settings.segment_size] as part:
-                        await writer.segment(part)
-                    del buffer[: settings.segment_size]
-            if not writer.started:
-                await writer.whole(head, bytes(buffer))
-            else:
-                await self._flush(writer, buffer)
-                await writer.finish()
+                else:
+                    actions = segmenter.feed(item, loop.time())
+                    if segmenter.cut:
+                        outcome.error = "response-too-large"
+                await self._act(writer, head, actions)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            self.counters.bytes_down += total
+            self.counters.bytes_down += segmenter.total
 
     @staticmethod
-    async def _flush(writer: _ResponseWriter, buffer: bytearray) -> None:
-        if buffer:
-            await writer.segment(bytes(buffer))
-            buffer.clear()
+    async def _act(writer: _ResponseWriter, head: ResponseHead, actions: list[Action]) -> None:
+        """Carry out what the segmenter decided, in order."""
+        for action in actions:
+            match action:
+                case Start():
+                    await writer.start(head)
+                case Segment(data):
+                    await writer.segment(data)
+                case Whole(data):
+                    await writer.whole(head, data)
+                case Finish(error):
+                    await writer.finish(error)
+                case Refuse(message):
+                    raise _ErrorReply(502, "response-too-large", f"wonders: {message}")
 
     async def _request_body(
         self, client: str, request: OpenedRequest, limit: int | None, outcome: _Outcome
