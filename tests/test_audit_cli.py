@@ -137,8 +137,8 @@ def test_verify_passes_then_names_a_deleted_and_an_edited_batch(root: Path) -> N
     ok = _run(root, "verify", "--config", "forwarder.toml")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "every signature and chain link checks" in ok.stdout
-    batches = sorted((root / "mailbox" / "audit").rglob("*.jsonl"))
-    assert len(batches) >= 2
+    # the five records may share one batch or spread over several (audit_interval)
+    assert sorted((root / "mailbox" / "audit").rglob("*.jsonl"))
     # more batches: three small writers' worth on the same chain
     key = load_private_key(root / "keys" / "fw.key")
 
