@@ -39,6 +39,7 @@ from wonders.errors import NoForwarder, ObjectExists, ObjectNotFound, RelayTimeo
 from wonders.relay import layout
 from wonders.relay._polling import Backoff, wait_event
 from wonders.relay._store import Store
+from wonders.relay._watch import watch
 from wonders.relay.records import Liveness, parse_heartbeat
 
 __all__ = ["RelayClient", "RelayResponse"]
@@ -105,6 +106,7 @@ class RelayClient:
         self._waiters: dict[str, _Waiter] = {}
         self._wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._alive_at = -float("inf")
         self._alive = False
         self._alive_lock = asyncio.Lock()
@@ -119,6 +121,11 @@ class RelayClient:
         await self.close()
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -191,6 +198,10 @@ class RelayClient:
     def _ensure_poller(self) -> None:
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(self._poll(), name="wonders-client-poll")
+        if self._watcher is None:
+            # filesystem events (directory mailbox) wake the poller at once
+            self._watcher = watch(self.store, f"{layout.RESPONSES}{self.key.name}/",
+                                  self._wake.set)
 
     async def _poll(self) -> None:
         prefix = f"{layout.RESPONSES}{self.key.name}/"

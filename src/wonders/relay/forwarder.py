@@ -66,6 +66,7 @@ from wonders.errors import EnvelopeError, ObjectExists, ObjectNotFound, StoreErr
 from wonders.relay import layout
 from wonders.relay._polling import Backoff, wait_event
 from wonders.relay._store import Store
+from wonders.relay._watch import watch
 from wonders.relay.audit import AuditWriter, iso_time, redact_headers, redact_target
 from wonders.relay.layout import EnvelopeKey
 from wonders.relay.metrics import Metrics
@@ -335,13 +336,15 @@ class Forwarder:
         audit = asyncio.create_task(self.audit.run(), name="wonders-audit")
         heartbeat = asyncio.create_task(self._heartbeats(), name="wonders-heartbeat")
         janitor = asyncio.create_task(self._janitor(), name="wonders-janitor")
+        # filesystem events (directory mailbox) wake the poller at once; polling stays
+        watcher = watch(self.store, layout.REQUESTS, self._wake.set)
         try:
             await self._write_heartbeat()
             self.ready.set()
             await self._poll()
             await self._drain()
         finally:
-            for task in (heartbeat, janitor, audit):
+            for task in (heartbeat, janitor, audit, *([watcher] if watcher else [])):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
