@@ -15,7 +15,7 @@ RUN python -m venv /opt/wonders \
     && /opt/wonders/bin/pip install --no-cache-dir --no-deps . \
     && /opt/wonders/bin/pip install --no-cache-dir \
         "cryptography>=42,<44.1" "aiobotocore>=2.15" "click>=8.1" "idna>=3" \
-        "prometheus-client>=0.20"
+        "prometheus-client>=0.20" "asyncinotify>=4.0; sys_platform == 'linux'"
 
 FROM python:3.11.11-slim-bookworm
 RUN useradd --system --uid 10001 --home-dir /var/lib/wonders --create-home wonders

@@ -10,7 +10,9 @@ measures, with the same client program run directly and through ``wonder-run`` w
 - throughput with 1, 16 and 64 concurrent clients (requests per second);
 - a large download (1 GiB, 128 MiB with --quick): MB/s and the peak RSS of the proxy
   (wonder-run) and of the forwarder;
-- SSE: delay from the upstream writing an event to the client reading it.
+- SSE at 400, 100, 30 and 10 ms between events (an LLM's token stream): the lag from the
+  upstream writing an event to the client reading it, median and max, and whether every
+  event arrived.
 
 It prints a table and, with --json, writes the figures. Figures depend on the machine and
 what else runs on it; compare the relay with the direct column from the same run.
@@ -105,8 +107,9 @@ async def main():
             t0 = time.perf_counter()
             await get("/small")
             samples.append((time.perf_counter() - t0) * 1000)
-        q = statistics.quantiles(samples, n=100)
-        out["latency_ms"] = {"p50": q[49], "p90": q[89], "p99": q[98]}
+        if len(samples) >= 2:
+            q = statistics.quantiles(samples, n=100)
+            out["latency_ms"] = {"p50": q[49], "p90": q[89], "p99": q[98]}
         out["throughput_rps"] = {}
         for workers in plan["concurrency"]:
             count = plan["requests"]
@@ -124,13 +127,20 @@ async def main():
                     total += len(chunk)
             assert total == plan["download"], total
             out["download_mb_s"] = total / (time.perf_counter() - t0) / 1e6
-        if plan["sse"]:
-            delays = []
-            async with s.get(f"{base}/sse?n={plan['sse']}&gap=0.2") as r:
+        out["sse"] = {}
+        for gap in plan.get("sse", []):  # events this far apart, for about sse_seconds
+            count, delays = max(10, round(plan["sse_seconds"] / gap)), []
+            async with s.get(f"{base}/sse?n={count}&gap={gap}") as r:
                 async for line in r.content:
                     if line.startswith(b"data: "):
                         delays.append((time.time() - float(line[6:])) * 1000)
-            out["sse_delay_ms"] = {"median": statistics.median(delays), "max": max(delays)}
+            out["sse"][str(gap)] = {"median": statistics.median(delays), "max": max(delays),
+                                    "events": len(delays), "sent": count}
+        if plan.get("after_idle"):
+            await asyncio.sleep(plan["after_idle"])  # the quiet time being measured
+            t0 = time.perf_counter()
+            await get("/small")
+            out["after_idle_ms"] = (time.perf_counter() - t0) * 1000
     status = open(f"/proc/{os.getppid()}/status").read()
     out["parent_peak_mib"] = int(next(l for l in status.splitlines()
                                       if l.startswith("VmHWM:")).split()[1]) / 1024
@@ -165,14 +175,90 @@ def _process(args: list[str], **kwargs: Any) -> Iterator[subprocess.Popen[str]]:
                 proc.kill()
 
 
+#: moto's server behind a WSGI middleware that counts S3 calls by type; a line on stdin
+#: asks for the counts so far, EOF stops it.
+MOTO = r'''
+import json, sys, threading
+from collections import Counter
+from urllib.parse import parse_qs
+from werkzeug.serving import make_server
+from moto.server import DomainDispatcherApplication, create_backend_app
+
+counts, lock = Counter(), threading.Lock()
+inner = DomainDispatcherApplication(create_backend_app)
+
+def kind(environ):
+    method, query = environ["REQUEST_METHOD"], parse_qs(environ.get("QUERY_STRING", ""))
+    path = environ.get("PATH_INFO", "/").strip("/")
+    if method == "GET" and "/" not in path:
+        return "LIST"
+    if method == "POST" and "delete" in query:
+        return "DELETE (batch)"
+    return method
+
+def app(environ, start_response):
+    with lock:
+        counts[kind(environ)] += 1
+    return inner(environ, start_response)
+
+server = make_server("127.0.0.1", 0, app, threaded=True)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+print(server.server_address[1], flush=True)
+for _ in sys.stdin:
+    with lock:
+        print(json.dumps(counts), flush=True)
+server.shutdown()
+'''
+
+
 def _moto() -> tuple[subprocess.Popen[str], str]:
-    code = ("import sys\nfrom moto.server import ThreadedMotoServer\n"
-            "s = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)\n"
-            "s.start(); print(s.get_host_and_port()[1], flush=True); sys.stdin.read()")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", MOTO], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     return proc, f"http://127.0.0.1:{int(proc.stdout.readline())}"
+
+
+def _s3_calls(moto: subprocess.Popen[str]) -> dict[str, int]:
+    """S3 calls moto has answered so far, by type."""
+    assert moto.stdin is not None
+    assert moto.stdout is not None
+    moto.stdin.write("\n")
+    moto.stdin.flush()
+    counts: dict[str, int] = json.loads(moto.stdout.readline())
+    return counts
+
+
+#: AWS list prices, dollars per 1,000 calls (DELETE is free).
+PRICES = {"PUT": 0.005, "POST": 0.005, "LIST": 0.005, "DELETE (batch)": 0.005, "GET": 0.0004,
+          "HEAD": 0.0004}
+
+
+def _s3_costs(prefix: list[str], base: str, env: dict[str, str],
+              moto: subprocess.Popen[str], quick: bool) -> dict[str, Any]:
+    """S3 calls per request one at a time and under load (16 concurrent), and per second
+    while a forwarder and a wonder-run wait idle, from moto's own count."""
+    out: dict[str, Any] = {}
+    n = 50 if quick else 100
+    for label, sequential, concurrent in (("sequential", n, 0), ("concurrent", 0, 4 * n)):
+        plan = {"latency": sequential, "requests": concurrent,
+                "concurrency": [16] if concurrent else [], "download": 0}
+        before = _s3_calls(moto)
+        _run_client(prefix, base, plan, env)
+        after = _s3_calls(moto)
+        requests = 5 + sequential + concurrent  # with the client's warm-up
+        per = {k: (after.get(k, 0) - before.get(k, 0)) / requests for k in after}
+        out[label] = {"per_request": per, "total": sum(per.values()),
+                      "dollars_per_million": sum(v * PRICES.get(k, 0) for k, v in per.items())
+                      * 1000}
+    idle = 10.0
+    before, t0 = _s3_calls(moto), time.monotonic()
+    subprocess.run([*prefix, "sleep", str(idle)], env=env, check=True, capture_output=True)
+    after, spent = _s3_calls(moto), time.monotonic() - t0
+    calls = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    out["idle_per_second"] = sum(calls.values()) / spent
+    out["idle_dollars_per_month"] = sum(v * PRICES.get(k, 0) for k, v in calls.items()) / 1000 \
+        / spent * 30 * 86400
+    return out
 
 
 def _run_client(prefix: list[str], base: str, plan: dict[str, Any], env: dict[str, str]) -> (
@@ -227,9 +313,10 @@ def main() -> int:
     args = parser.parse_args()
     plan = {"latency": 100 if args.quick else 300, "requests": 200 if args.quick else 600,
             "concurrency": [1, 16, 64], "download": (128 if args.quick else 1024) << 20,
-            "sse": 10}
+            "sse": [0.4, 0.1, 0.03, 0.01], "sse_seconds": 2.0 if args.quick else 4.0,
+            "after_idle": 10.0}
     s3_plan = {**plan, "latency": 60 if args.quick else 150, "requests": 100,
-               "concurrency": [1, 16], "download": 0, "sse": 0}
+               "concurrency": [1, 16], "download": 0}
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
         work = Path(tmp)
@@ -276,6 +363,8 @@ def main() -> int:
                         if s3:  # how much of the two cores the S3 server itself took
                             results[name]["moto_cores"] = (
                                 (_cpu_seconds(moto.pid) - busy[0]) / (time.monotonic() - busy[1]))
+                            print("S3 calls …", flush=True)
+                            results[name]["s3"] = _s3_costs(prefix, base, env, moto, args.quick)
             finally:
                 assert moto.stdin is not None
                 moto.stdin.close()
@@ -304,12 +393,27 @@ def _report(results: dict[str, dict[str, Any]], plan: dict[str, Any]) -> None:
     for w in plan["concurrency"]:
         row(f"{w} concurrent (req/s)", lambda r, w=w: r["throughput_rps"][str(w)], ".0f")
     row(f"download {plan['download'] >> 20} MiB (MB/s)", lambda r: r["download_mb_s"], ".0f")
-    row("SSE delay median (ms)", lambda r: r["sse_delay_ms"]["median"], ".1f")
-    row("SSE delay max (ms)", lambda r: r["sse_delay_ms"]["max"], ".1f")
+    for gap in plan["sse"]:
+        g = str(gap)
+        row(f"SSE every {gap * 1000:.0f} ms: lag median (ms)",
+            lambda r, g=g: r["sse"][g]["median"], ".1f")
+        row(f"SSE every {gap * 1000:.0f} ms: lag max (ms)", lambda r, g=g: r["sse"][g]["max"],
+            ".1f")
+        row(f"SSE every {gap * 1000:.0f} ms: events arrived",
+            lambda r, g=g: f"{r['sse'][g]['events']}/{r['sse'][g]['sent']}", "")
     row("proxy peak RSS (MiB)",
         lambda r: r["parent_peak_mib"] if "forwarder_peak_mib" in r else None, ".0f")
     row("forwarder peak RSS (MiB)", lambda r: r["forwarder_peak_mib"], ".0f")
     row("S3 server CPU (cores)", lambda r: r["moto_cores"], ".2f")
+    row("first GET after 10 s idle (ms)", lambda r: r["after_idle_ms"], ".1f")
+    for label in ("sequential", "concurrent"):
+        row(f"S3 calls/request, {label}", lambda r, x=label: r["s3"][x]["total"], ".1f")
+        for kind in ("PUT", "GET", "HEAD", "LIST", "DELETE", "DELETE (batch)"):
+            row(f"  {kind}", lambda r, x=label, k=kind: r["s3"][x]["per_request"][k], ".2f")
+        row(f"  $ per million requests, {label}",
+            lambda r, x=label: r["s3"][x]["dollars_per_million"], ".2f")
+    row("S3 calls/s while idle", lambda r: r["s3"]["idle_per_second"], ".2f")
+    row("  $ per month while idle", lambda r: r["s3"]["idle_dollars_per_month"], ".2f")
     width = max(len(label) for label, _ in rows)
     print()
     print(" " * width + "".join(f"{c:>18}" for c in columns))

@@ -189,7 +189,7 @@ def forward(config_file: Path, upstream_ca: Path | None, metrics_port: int | Non
 
     async def serve() -> None:
         store = open_store(config.mailbox, endpoint_url=config.endpoint,
-                           path_style=config.path_style)
+                           path_style=config.path_style, notifications=config.notifications)
         audit = config.audit
         separate = (audit.mailbox, audit.endpoint, audit.path_style) != (
             config.mailbox, config.endpoint, config.path_style)

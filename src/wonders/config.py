@@ -52,8 +52,9 @@ class AuditConfig:
     keep_query: bool
     spool: Path
 
-_KEYS = ("id", "key", "policy", "mailbox", "endpoint", "path_style", "upstream_ca", "tuning",
-         "audit")
+_KEYS = ("id", "key", "policy", "mailbox", "endpoint", "path_style", "notifications",
+         "upstream_ca", "tuning", "audit")
+NOTIFICATIONS = ("none", "minio")
 _AUDIT = ("mailbox", "endpoint", "path_style", "keep_query", "spool")
 _TUNING = tuple(f.name for f in dataclasses.fields(ForwarderSettings) if f.name != "id")
 
@@ -69,6 +70,7 @@ class ForwarderConfig:
     upstream_ca: Path | None
     settings: ForwarderSettings
     audit: AuditConfig
+    notifications: str = "none"
 
 
 def _fail(source: Path, key: str, problem: str) -> ConfigError:
@@ -147,6 +149,11 @@ def load_forwarder_config(path: str | Path) -> ForwarderConfig:
     assert policy is not None
     assert mailbox is not None
     endpoint = string("endpoint")
+    notifications = string("notifications") or "none"
+    if notifications not in NOTIFICATIONS:
+        raise _fail(source, "notifications", f'expected "none" or "minio", not {notifications!r}')
+    if notifications == "minio" and not endpoint:
+        raise _fail(source, "notifications", "MinIO notifications need the MinIO 'endpoint'")
     table = doc.get("audit", {})
     if not isinstance(table, dict):
         raise _fail(source, "audit", "expected a table")
@@ -168,4 +175,4 @@ def load_forwarder_config(path: str | Path) -> ForwarderConfig:
                else default_spool(forwarder_id)),
     )
     return ForwarderConfig(source, key, policy, mailbox, endpoint, path_style,
-                           file("upstream_ca"), settings, audit)
+                           file("upstream_ca"), settings, audit, notifications)

@@ -45,7 +45,8 @@ CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CE
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 LOCAL_SETTINGS = ForwarderSettings(id="local", poll_fast=0.005, poll_slow=0.25,
                                    heartbeat_interval=2.0, stale_after=10.0, flush_delay=0.02)
-_CONFIG_KEYS = ("key", "forwarder", "mailbox", "endpoint", "path_style", "timeout")
+_CONFIG_KEYS = ("key", "forwarder", "mailbox", "endpoint", "path_style", "timeout",
+                "notifications")
 
 
 # ------------------------------------------------------------------------ configuration
@@ -62,6 +63,7 @@ class ClientConfig:
     endpoint: str | None = None
     path_style: bool = False
     timeout: float = 300.0
+    notifications: str = "none"
 
 
 def _candidates(explicit: Path | None) -> list[tuple[str, Path]]:
@@ -120,10 +122,15 @@ def load_client_config(path: Path) -> ClientConfig:
     endpoint = doc.get("endpoint")
     if endpoint is not None and not isinstance(endpoint, str):
         raise ConfigError(f"{path}: endpoint: expected a URL string")
+    notifications = doc.get("notifications", "none")
+    if notifications not in ("none", "minio"):
+        raise ConfigError(f'{path}: notifications: expected "none" or "minio"')
+    if notifications == "minio" and not endpoint:
+        raise ConfigError(f"{path}: notifications: MinIO notifications need the 'endpoint'")
     base = path.parent
     return ClientConfig(path, base / Path(text("key")).expanduser(),
                         base / Path(text("forwarder")).expanduser(), text("mailbox"),
-                        endpoint, path_style, float(timeout))
+                        endpoint, path_style, float(timeout), notifications)
 
 
 def local_policy(client: PrivateKey, *, allow_private: bool) -> Policy:
@@ -207,7 +214,7 @@ async def _relay(opts: Options, work: Path) -> AsyncIterator[RelayClient]:
     key = load_private_key(config.key)
     bundle: PublicBundle = load_public_bundle(config.forwarder)
     store = open_store(config.mailbox, endpoint_url=config.endpoint,
-                       path_style=config.path_style)
+                       path_style=config.path_style, notifications=config.notifications)
     async with store:
         await store.check(f"responses/{key.name}/")
         async with RelayClient(store, key, bundle) as client:

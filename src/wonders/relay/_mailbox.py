@@ -23,8 +23,14 @@ def open_store(
     region: str | None = None,
     path_style: bool = False,
     max_attempts: int = 5,
+    notifications: str = "none",
 ) -> Store:
-    """The store a mailbox URL names. Connecting happens on first use (``check()``)."""
+    """The store a mailbox URL names. Connecting happens on first use (``check()``).
+
+    ``notifications="minio"``: the S3 endpoint is MinIO; its bucket notifications wake the
+    pollers as objects appear (polling stays as the fallback)."""
+    if notifications not in ("none", "minio"):
+        raise ConfigError(f"notifications {notifications!r}: expected \"none\" or \"minio\"")
     parts = urlsplit(url)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
@@ -33,6 +39,9 @@ def open_store(
             raise ConfigError(f"mailbox {url!r}: a file URL takes no query or fragment")
         if endpoint_url:
             raise ConfigError(f"mailbox {url!r}: an endpoint only applies to s3:// mailboxes")
+        if notifications != "none":
+            raise ConfigError(f"mailbox {url!r}: notifications only apply to s3:// mailboxes "
+                              "(a directory mailbox wakes on filesystem events by itself)")
         return DirectoryStore(unquote(parts.path))
     if parts.scheme == "s3":
         bucket = parts.netloc
@@ -51,8 +60,11 @@ def open_store(
                     f"mailbox {url!r}: prefix {prefix!r} may hold only letters, digits, "
                     "'.', '_', '-' and '/'"
                 ) from None
+        if notifications == "minio" and not endpoint_url:
+            raise ConfigError(f"mailbox {url!r}: MinIO notifications need the MinIO endpoint "
+                              "(AWS S3 has no notification stream)")
         return S3Store(
             bucket, prefix, endpoint_url=endpoint_url, region=region, path_style=path_style,
-            max_attempts=max_attempts,
+            max_attempts=max_attempts, notifications=notifications == "minio",
         )
     raise ConfigError(f"mailbox {url!r}: unsupported scheme {parts.scheme!r}; {_EXAMPLES}")

@@ -70,7 +70,10 @@ class S3Store:
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         max_connections: int = 64,
+        notifications: bool = False,
     ) -> None:
+        """``notifications``: the endpoint is MinIO, whose bucket notifications wake the
+        pollers (see :mod:`wonders.relay._notify`)."""
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         if prefix:
@@ -78,6 +81,8 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix
         self.endpoint_url = endpoint_url
+        self.region = region
+        self.notifications = notifications
         self._config = AioConfig(
             region_name=region,
             retries={"max_attempts": max_attempts, "mode": "standard"},

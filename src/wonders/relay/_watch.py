@@ -1,5 +1,6 @@
 """Wakeups from the filesystem: a poller of a directory mailbox lists again as soon as an
-object appears below its prefix, instead of at its next poll interval.
+object appears below its prefix, instead of at its next poll interval (and, on MinIO
+with ``notifications = "minio"``, from its bucket notifications: :mod:`._notify`).
 
 inotify (through ``asyncinotify``) reports the writes made on this host. On a shared
 filesystem (NFS, GPFS, Lustre) writes from *other* hosts raise no event, so the pollers
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wonders.relay._directory import DirectoryStore
+from wonders.relay._s3 import S3Store
 from wonders.relay._store import Store
 
 if TYPE_CHECKING:
@@ -39,7 +41,15 @@ MAX_WATCHES = 4096
 def watch(store: Store, prefix: str, wake: Callable[[], None]) -> asyncio.Task[None] | None:
     """Call ``wake()`` whenever an object may have appeared below ``prefix`` (a
     directory, ending in ``/``), until the returned task is cancelled. None where the
-    store gives no events: then polling alone finds new objects."""
+    store gives no events (S3 without notifications, or no inotify): then polling alone
+    finds new objects."""
+    if isinstance(store, S3Store):
+        if not store.notifications:
+            return None
+        from wonders.relay._notify import listen_minio
+
+        return asyncio.create_task(listen_minio(store, prefix, wake),
+                                   name=f"wonders-notify-{prefix}")
     if not isinstance(store, DirectoryStore):
         return None
     try:
