@@ -20,10 +20,12 @@ from wonders.crypto import PublicBundle, load_private_key, load_public_bundle, r
 from wonders.errors import ConfigError, KeyFileError, ObjectNotFound, RelayError, StoreError
 from wonders.relay import layout
 from wonders.relay._store import Store
-from wonders.relay.records import PING_URL, parse_heartbeat
+from wonders.relay.records import PING_URL, Heartbeat, Liveness, parse_heartbeat
 
-#: A heartbeat older than this means the forwarder is gone (the clients' default too).
+#: A heartbeat not seen to move for this long means the forwarder is gone, and clocks may
+#: differ by up to SKEW: the clients' defaults, judged by the same rule (Liveness).
 STALE_AFTER = 30.0
+SKEW = 300.0
 
 
 @dataclass(frozen=True)
@@ -93,22 +95,15 @@ async def _survey(mailbox: _Mailbox) -> dict[str, Any]:
             return report
         report["mailbox"].update(reachable=True, ms=round((time.monotonic() - started) * 1000))
         now = time.time()
-        async for key in store.list(layout.HEARTBEATS):
-            name = key.removeprefix(layout.HEARTBEATS).removesuffix(".json")
-            try:
-                beat = parse_heartbeat(await store.get(key), mailbox.forwarder)
-            except ObjectNotFound:
-                continue
+        for name, beat, state in await _judge_heartbeats(store, mailbox.forwarder):
             if beat is None:
                 report["forwarders"].append({"id": name, "state": "bad-signature"})
                 continue
-            age = now - beat.time
-            state = "alive" if age <= STALE_AFTER else "stale"
             report["alive"] += state == "alive"
             if beat.forwarder == mailbox.own:
                 report["self"] = state
             report["forwarders"].append({
-                "id": beat.forwarder, "state": state, "age": round(age, 1),
+                "id": beat.forwarder, "state": state, "age": round(now - beat.time, 1),
                 "version": beat.version, "instance": beat.instance,
                 "uptime": round(beat.time - beat.started), "in_flight": beat.in_flight,
                 "counters": beat.counters, "audit": beat.audit, "policy": beat.policy,
@@ -124,6 +119,37 @@ async def _survey(mailbox: _Mailbox) -> dict[str, Any]:
         report["pending"] = {client: {"requests": len(ages), "oldest": round(max(ages), 1)}
                              for client, ages in sorted(pending.items())}
     return report
+
+
+async def _judge_heartbeats(store: Store, signer: PublicBundle) -> list[
+    tuple[str, Heartbeat | None, str]
+]:
+    """Each heartbeat as ``(name, heartbeat or None if its signature fails, state)``, the
+    state judged as clients judge it (:class:`Liveness`): a heartbeat whose clock is off
+    from ours by more than STALE_AFTER (within SKEW) is read again after its interval and
+    is alive if it moved."""
+    liveness = Liveness(STALE_AFTER, SKEW)
+    judged: dict[str, tuple[Heartbeat | None, str]] = {}
+    keys = [key async for key in store.list(layout.HEARTBEATS)]
+    for attempt in range(2):
+        waiting = [key for key in keys if judged.get(key, (None, "pending"))[1] == "pending"]
+        if not waiting:
+            break
+        if attempt:  # the next beat of the slowest of them (bounded by STALE_AFTER)
+            beats = [b for b, _ in (judged[k] for k in waiting) if b is not None]
+            await asyncio.sleep(min(STALE_AFTER, max(b.interval for b in beats) + 0.5))
+        now = time.time()
+        for key in waiting:
+            try:
+                beat = parse_heartbeat(await store.get(key), signer)
+            except ObjectNotFound:
+                judged.pop(key, None)
+                continue
+            verdict = "bad-signature" if beat is None else liveness.judge(beat, now)
+            judged[key] = beat, verdict
+    return [(key.removeprefix(layout.HEARTBEATS).removesuffix(".json"), beat,
+             "alive" if state == "alive" else "bad-signature" if beat is None else "stale")
+            for key, (beat, state) in judged.items()]
 
 
 def _audit_state(audit: dict[str, Any]) -> str:
@@ -175,8 +201,9 @@ def status(config_file: Path | None, as_json: bool) -> None:
     """Show whether the mailbox is reachable, each forwarder's heartbeat (age, version,
     in-flight, counters, audit log) and the requests waiting per client.
 
-    Exit status 0 when at least one forwarder is alive (a heartbeat younger than 30 s,
-    signed by the pinned forwarder key), 1 otherwise. Given a forwarder's config, 0 only
+    Exit status 0 when at least one forwarder is alive (a heartbeat signed by the pinned
+    forwarder key, younger than 30 s, or seen to move when the two clocks differ by up to
+    5 minutes: the clients' rule), 1 otherwise. Given a forwarder's config, 0 only
     when that forwarder (its id) is alive: the container's health check.
     """
     mailbox = _mailbox(config_file)

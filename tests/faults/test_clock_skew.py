@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.relay.harness import FAST, Keys, Upstream, client_for, make_keys, running_forwarder
+from wonders.crypto import write_key_files
 from wonders.errors import NoForwarder
 from wonders.relay import DirectoryStore
 from wonders.relay.records import Heartbeat, Liveness
@@ -102,3 +103,29 @@ def test_liveness_believes_movement_not_clocks() -> None:
     assert live.judge(_beat(now + 200, "i4"), now + 36) == "pending"  # ahead, within it
     mono.now += 31
     assert live.judge(_beat(now + 200, "i4"), now + 67) == "dead"  # never moved
+
+
+async def test_status_judges_a_skewed_heartbeat_as_the_clients_do(
+    tmp_path: Path, keys: Keys, upstream: Upstream
+) -> None:
+    """A forwarder whose clock is 100 s behind is alive for the clients (its heartbeat
+    moves); ``wonders status`` used its own 30 s rule and called it stale."""
+    import asyncio
+    import json
+    import sys
+
+    store = DirectoryStore(tmp_path / "mailbox")
+    store.root.mkdir()
+    write_key_files(keys.forwarder, tmp_path / "keys", force=True)
+    config = tmp_path / "client.toml"
+    config.write_text(f'key = "keys/gpu01.key"\nforwarder = "keys/fw.pub"\n'
+                      f'mailbox = "{store.url}"\n')
+    wonders = str(Path(sys.executable).parent / "wonders")
+    async with running_forwarder(store, keys, upstream, SETTINGS, clock=_off_by(-100)):
+        done = await asyncio.create_subprocess_exec(
+            wonders, "status", "--config", str(config), "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(done.communicate(), 60)
+    assert done.returncode == 0, out.decode() + err.decode()
+    report = json.loads(out)
+    assert [(f["id"], f["state"]) for f in report["forwarders"]] == [("fw-test", "alive")]
