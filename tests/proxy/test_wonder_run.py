@@ -231,7 +231,8 @@ async def test_environment_given_to_the_command(upstream: Upstream) -> None:
     done = await wonder_run(*local(upstream, "--no-proxy", "intranet.example"), *python(code))
     assert done.code == 0, done.err
     env = dict(line.split(" ", 1) for line in done.out.splitlines())
-    assert env["HTTP_PROXY"].startswith("http://127.0.0.1:")
+    # the per-run credentials: user "wonders", 256 random bits as the password
+    assert re.fullmatch(r"http://wonders:[A-Za-z0-9_-]{43}@127\.0\.0\.1:\d+", env["HTTP_PROXY"])
     assert env["https_proxy"] == env["HTTP_PROXY"]
     assert env["NO_PROXY"] == "localhost,127.0.0.1,::1,intranet.example"
     bundles = {env[n] for n in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
