@@ -6,6 +6,8 @@ the ``Proxy-Authorization`` line built from the proxy URL's credentials (nothing
 none), ``{secret}`` the password, ``{upstream}`` the upstream's host:port (argv[2]), and
 ``{good}``, ``{near_short}``, ``{near_long}``, ``{other_user}`` the base64 of
 ``wonders:<secret>`` and of near misses: one character short, one too many, another user.
+A request may hold ``{then}``: what comes before is sent first (a CONNECT) and its reply
+read, then the rest goes through the tunnel; the second reply is the one printed.
 """
 
 from __future__ import annotations
@@ -60,11 +62,15 @@ def main() -> None:
     for text in requests:
         for name, value in values.items():
             text = text.replace("{" + name + "}", value)
-        raw = text.encode("latin-1")
+        first, _, then = text.partition("{then}")
         with socket.create_connection(("127.0.0.1", proxy.port or 80), timeout=60) as sock:
-            sock.sendall(raw)
+            sock.sendall(first.encode("latin-1"))
             try:
-                results.append(_reply(sock))
+                reply = _reply(sock)
+                if then and reply is not None and reply["status"] == 200:
+                    sock.sendall(then.encode("latin-1"))
+                    reply = _reply(sock)
+                results.append(reply)
             except ConnectionResetError:
                 results.append(None)
     print(json.dumps(results))

@@ -63,9 +63,12 @@ _NOT_RELAYED = frozenset({"proxy-connection", "proxy-authorization", "content-le
                           "transfer-encoding"})
 #: An HTTP method is a token (RFC 9110 §5.6.2).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-#: Bytes no request target may hold raw: C0 controls, space, DEL, and C1 controls as
-#: UTF-8 (U+0080-U+009F). Percent-encoded, they are fine.
-_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]|\xc2[\x80-\x9f]")
+#: A request target is printable ASCII (RFC 9112 §3.2): no control characters, spaces,
+#: DEL or raw non-ASCII (the bridge could not take those anyway). Percent-encoded, any byte
+#: is fine.
+_BAD_TARGET = re.compile(rb"[^\x21-\x7e]")
+#: No host or authority may hold C0 or C1 controls, a space or DEL.
+_BAD_HOST = re.compile(rb"[\x00-\x20\x7f]|\xc2[\x80-\x9f]")
 
 
 class BadRequest(RelayError):
@@ -354,12 +357,12 @@ class WondersAddon:
             return
         raw_method = request.data.method.decode("latin-1")
         if (not _TOKEN.fullmatch(raw_method) or _BAD_TARGET.search(request.data.path)
-                or _BAD_TARGET.search(request.data.authority)
-                or _BAD_TARGET.search(request.host.encode("utf-8", "surrogateescape"))):
+                or _BAD_HOST.search(request.data.authority)
+                or _BAD_HOST.search(request.host.encode("utf-8", "surrogateescape"))):
             flow.response = _refusal(
                 400, "bad-request",
-                "wonders: the request line holds control characters or spaces; "
-                "percent-encode them")
+                "wonders: the request line holds control characters, spaces or raw "
+                "non-ASCII bytes; percent-encode them")
             return
         length, problem = _framing(request)
         if problem is not None:
