@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from wonders.crypto import Headers
 from wonders.errors import EnvelopeError, NoForwarder, RelayTimeout
 from wonders.proxy.bridge import Bridge
 from wonders.proxy.run import _start_proxy
+
+SECRET = "test-secret-0123456789abcdef"
 
 
 class _Response:
@@ -53,8 +56,8 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 async def _through_proxy(relay: _Relay) -> requests.Response | BaseException:
     bridge = Bridge(relay)  # type: ignore[arg-type]
     await bridge.start()
-    master, task, port = await _start_proxy(bridge, asyncio.Event(), verbose=False)
-    proxies = {"http": f"http://127.0.0.1:{port}"}
+    master, task, port = await _start_proxy(bridge, asyncio.Event(), False, SECRET)
+    proxies = {"http": f"http://wonders:{SECRET}@127.0.0.1:{port}"}
 
     def fetch() -> requests.Response | BaseException:
         try:
@@ -106,10 +109,12 @@ async def test_non_http_traffic_in_a_tunnel_is_refused_not_hung() -> None:
     """An SSH client through CONNECT: the proxy refuses to connect anywhere and closes."""
     bridge = Bridge(_Relay())  # type: ignore[arg-type]
     await bridge.start()
-    master, task, port = await _start_proxy(bridge, asyncio.Event(), verbose=False)
+    master, task, port = await _start_proxy(bridge, asyncio.Event(), False, SECRET)
+    auth = base64.b64encode(f"wonders:{SECRET}".encode())
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"CONNECT 10.0.0.1:22 HTTP/1.1\r\nHost: 10.0.0.1:22\r\n\r\n")
+        writer.write(b"CONNECT 10.0.0.1:22 HTTP/1.1\r\nHost: 10.0.0.1:22\r\n"
+                     b"Proxy-Authorization: Basic " + auth + b"\r\n\r\n")
         await writer.drain()
         established = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert established.startswith(b"HTTP/1.1 200")

@@ -10,18 +10,25 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
+import ssl
+import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trustme
+from aiohttp import web
 
 from tests.proxy.conftest import download_child, pattern_sha256
 from tests.relay.harness import Upstream
 
 WONDER_RUN = str(Path(sys.executable).parent / "wonder-run")
+GIT = shutil.which("git") or "git"
 
 
 @dataclass
@@ -155,6 +162,70 @@ async def test_pip_install_from_a_loopback_index(upstream: Upstream, tmp_path: P
     assert (target / "wonders_probe.py").read_text() == "VALUE = 42\n"
 
 
+async def test_uv_pip_install_from_a_loopback_index(upstream: Upstream, tmp_path: Path) -> None:
+    """uv (Rust, reqwest) reads HTTPS_PROXY with its credentials and SSL_CERT_FILE."""
+    target = tmp_path / "site"
+    done = await wonder_run(
+        *local(upstream), str(Path(sys.executable).parent / "uv"), "pip", "install",
+        "--no-cache", "--python", sys.executable, "--index-url", f"{upstream.url}/simple/",
+        "--target", str(target), "wonders-probe")
+    assert done.code == 0, done.out + done.err
+    assert (target / "wonders_probe.py").read_text() == "VALUE = 42\n"
+    # through the relay (uv may read the wheel's metadata first, with range requests)
+    assert upstream.hits["/packages/wonders_probe-1.0-py3-none-any.whl"] >= 1
+
+
+def _git(*args: str, cwd: Path) -> None:
+    subprocess.run([GIT, "-c", "user.name=t", "-c", "user.email=t@example.org",
+                    "-c", "init.defaultBranch=main", *args], cwd=cwd, check=True,
+                   capture_output=True)
+
+
+@pytest.fixture
+async def git_server(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    """A repository served by git's dumb HTTP protocol (static files) over HTTPS on
+    127.0.0.2; yields its URL and the CA file only the forwarder is given."""
+    work, served = tmp_path / "work", tmp_path / "served"
+    work.mkdir()
+    served.mkdir()
+    _git("init", "-q", cwd=work)
+    (work / "README").write_text("relayed by wonders\n")
+    _git("add", "README", cwd=work)
+    _git("commit", "-q", "-m", "first", cwd=work)
+    _git("clone", "-q", "--bare", str(work), str(served / "repo.git"), cwd=tmp_path)
+    _git("update-server-info", cwd=served / "repo.git")
+    ca = trustme.CA()
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.2").configure_cert(server_ssl)
+    ca_file = tmp_path / "git-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    app = web.Application()
+    app.router.add_static("/", served)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.2", 0, ssl_context=server_ssl)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"https://127.0.0.2:{port}/repo.git", ca_file
+    finally:
+        await runner.cleanup()
+
+
+async def test_git_clone_over_https(
+    git_server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """git (libcurl) reads https_proxy with its credentials and GIT_SSL_CAINFO."""
+    url, ca_file = git_server
+    monkeypatch.setenv("GIT_TERMINAL_PROMPT", "0")  # fail rather than ask for a password
+    clone = tmp_path / "clone"
+    done = await wonder_run("--local", "--allow-private", "--upstream-ca", str(ca_file), "--",
+                            "git", "clone", "-q", url, str(clone))
+    assert done.code == 0, done.out + done.err
+    assert (clone / "README").read_text() == "relayed by wonders\n"
+    assert re.search(r"wonder-run: [1-9]\d* requests", done.err.splitlines()[-1])
+
+
 # ------------------------------------------------------------------------ what fails
 
 
@@ -231,7 +302,8 @@ async def test_environment_given_to_the_command(upstream: Upstream) -> None:
     done = await wonder_run(*local(upstream, "--no-proxy", "intranet.example"), *python(code))
     assert done.code == 0, done.err
     env = dict(line.split(" ", 1) for line in done.out.splitlines())
-    assert env["HTTP_PROXY"].startswith("http://127.0.0.1:")
+    # the per-run credentials: user "wonders", 256 random bits as the password
+    assert re.fullmatch(r"http://wonders:[A-Za-z0-9_-]{43}@127\.0\.0\.1:\d+", env["HTTP_PROXY"])
     assert env["https_proxy"] == env["HTTP_PROXY"]
     assert env["NO_PROXY"] == "localhost,127.0.0.1,::1,intranet.example"
     bundles = {env[n] for n in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",

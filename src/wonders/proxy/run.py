@@ -14,6 +14,7 @@ import difflib
 import ipaddress
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -164,9 +165,19 @@ class Options:
     say: Callable[[str], None] = field(default=lambda line: click.echo(line, err=True))
 
 
-def child_env(port: int, bundle: Path, no_proxy: Sequence[str]) -> dict[str, str]:
+def new_proxy_secret() -> str:
+    """The per-run proxy password: 256 random bits, URL-safe so it needs no quoting."""
+    return secrets.token_urlsafe(32)
+
+
+def child_env(port: int, bundle: Path, no_proxy: Sequence[str], secret: str) -> dict[str, str]:
+    """The command's environment. The proxy URL carries the per-run credentials: only the
+    environment holds them (never an argument, a log line or a message), and a process's
+    environment is readable by its own user (and root) alone."""
+    from wonders.proxy.bridge import PROXY_USER
+
     env = dict(os.environ)
-    proxy = f"http://127.0.0.1:{port}"
+    proxy = f"http://{PROXY_USER}:{secret}@127.0.0.1:{port}"
     for name in ("HTTP_PROXY", "HTTPS_PROXY"):
         env[name] = env[name.lower()] = proxy
     bypass = ",".join(dict.fromkeys([*LOOPBACK, *no_proxy]))
@@ -222,8 +233,10 @@ async def _relay(opts: Options, work: Path) -> AsyncIterator[RelayClient]:
 
 
 async def _start_proxy(
-    bridge: Bridge, listening: asyncio.Event, verbose: bool
+    bridge: Bridge, listening: asyncio.Event, verbose: bool, secret: str
 ) -> tuple[Any, asyncio.Task[None], int]:
+    """Start mitmproxy on a free loopback port; it serves only requests carrying
+    ``secret`` (see :class:`~wonders.proxy.bridge.WondersAddon`)."""
     from mitmproxy.options import Options as MitmOptions
     from mitmproxy.tools.dump import DumpMaster
 
@@ -235,8 +248,12 @@ async def _start_proxy(
     master: Any = DumpMaster(MitmOptions(listen_host="127.0.0.1", listen_port=0,
                                          confdir=str(confdir)),
                              with_termlog=False, with_dumper=False)
-    master.options.update(upstream_cert=False, connection_strategy="lazy")
-    master.addons.add(WondersAddon(bridge, listening))
+    # validate_inbound_headers (the default, made explicit): mitmproxy refuses conflicting
+    # or duplicated Content-Length/Transfer-Encoding itself. No onboarding app: nothing but
+    # the bridge answers.
+    master.options.update(upstream_cert=False, connection_strategy="lazy",
+                          validate_inbound_headers=True, onboarding=False)
+    master.addons.add(WondersAddon(bridge, listening, secret))
     if not verbose:
         logging.getLogger("mitmproxy").setLevel(logging.ERROR)
     task = asyncio.create_task(master.run(), name="wonders-proxy")
@@ -299,7 +316,9 @@ async def run(opts: Options) -> int:
             await bridge.start()
             listening = asyncio.Event()
             try:
-                master, task, port = await _start_proxy(bridge, listening, opts.verbose)
+                secret = new_proxy_secret()
+                master, task, port = await _start_proxy(bridge, listening, opts.verbose,
+                                                        secret)
             except BaseException:
                 await bridge.close()
                 raise
@@ -308,7 +327,7 @@ async def run(opts: Options) -> int:
                 no_proxy = list(opts.no_proxy)
                 if opts.config and opts.config.endpoint:
                     no_proxy.append(urlsplit(opts.config.endpoint).hostname or "")
-                env = child_env(port, bundle, [h for h in no_proxy if h])
+                env = child_env(port, bundle, [h for h in no_proxy if h], secret)
                 code = await _run_child(command_line(opts.command), env, opts.say)
             finally:
                 master.shutdown()
