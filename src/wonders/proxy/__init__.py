@@ -1,5 +1,2 @@
-"""The GPU-side proxy (a mitmproxy addon) and ``wonder-run``.
-
-Not built yet: this package is where issue 5 lands. Nothing here is registered as a
-command until it works.
-"""
+"""The GPU-side proxy: the mitmproxy addon and its bridge (:mod:`.bridge`), the local CA
+(:mod:`.ca`), ``wonder-run`` (:mod:`.run`) and its network isolation (:mod:`.isolate`)."""

@@ -31,6 +31,7 @@ import click
 from wonders.crypto import PrivateKey, PublicBundle, load_private_key, load_public_bundle
 from wonders.errors import ConfigError, WondersError
 from wonders.proxy.ca import ca_dir, check_ca_key, write_trust_bundle
+from wonders.proxy.isolate import IsolationUnavailable
 from wonders.relay import DirectoryStore, Store, open_store
 from wonders.relay.client import RelayClient
 from wonders.relay.forwarder import Forwarder, ForwarderSettings
@@ -47,7 +48,7 @@ LOOPBACK = ("localhost", "127.0.0.1", "::1")
 LOCAL_SETTINGS = ForwarderSettings(id="local", poll_fast=0.005, poll_slow=0.25,
                                    heartbeat_interval=2.0, stale_after=10.0, flush_delay=0.02)
 _CONFIG_KEYS = ("key", "forwarder", "mailbox", "endpoint", "path_style", "timeout",
-                "notifications")
+                "notifications", "isolate")
 
 
 # ------------------------------------------------------------------------ configuration
@@ -65,6 +66,7 @@ class ClientConfig:
     path_style: bool = False
     timeout: float = 300.0
     notifications: str = "none"
+    isolate: bool = False
 
 
 def _candidates(explicit: Path | None) -> list[tuple[str, Path]]:
@@ -123,6 +125,9 @@ def load_client_config(path: Path) -> ClientConfig:
     endpoint = doc.get("endpoint")
     if endpoint is not None and not isinstance(endpoint, str):
         raise ConfigError(f"{path}: endpoint: expected a URL string")
+    isolate = doc.get("isolate", False)
+    if not isinstance(isolate, bool):
+        raise ConfigError(f"{path}: isolate: expected true or false")
     notifications = doc.get("notifications", "none")
     if notifications not in ("none", "minio"):
         raise ConfigError(f'{path}: notifications: expected "none" or "minio"')
@@ -131,7 +136,7 @@ def load_client_config(path: Path) -> ClientConfig:
     base = path.parent
     return ClientConfig(path, base / Path(text("key")).expanduser(),
                         base / Path(text("forwarder")).expanduser(), text("mailbox"),
-                        endpoint, path_style, float(timeout), notifications)
+                        endpoint, path_style, float(timeout), notifications, isolate)
 
 
 def local_policy(client: PrivateKey, *, allow_private: bool) -> Policy:
@@ -162,6 +167,7 @@ class Options:
     mailbox: Path | None = None
     no_proxy: Sequence[str] = ()
     verbose: bool = False
+    isolate: bool = False
     say: Callable[[str], None] = field(default=lambda line: click.echo(line, err=True))
 
 
@@ -277,15 +283,30 @@ def _in_foreground() -> bool:
         return False
 
 
-async def _run_child(command: list[str], env: dict[str, str], say: Callable[[str], None]) -> int:
-    try:
-        child = await asyncio.create_subprocess_exec(*command, env=env)
-    except FileNotFoundError:
-        say(f"wonder-run: cannot run {command[0]!r}: no such command or file")
-        return 127
-    except PermissionError:
-        say(f"wonder-run: cannot run {command[0]!r}: permission denied")
-        return 126
+async def _run_child(command: list[str], env: dict[str, str], say: Callable[[str], None],
+                     *, isolate_port: int | None = None) -> int:
+    """Run the command to its end; with ``isolate_port``, in its own network namespace
+    whose only way out is the proxy on that port (see :mod:`wonders.proxy.isolate`)."""
+    piping: asyncio.Task[None] | None = None
+    if isolate_port is not None:
+        from wonders.proxy import isolate
+
+        child, listener = await isolate.spawn(command, env, isolate_port)
+        if listener is None:
+            code = await child.wait()
+            if code == isolate.UNAVAILABLE:
+                raise IsolationUnavailable("user namespaces are not available")
+            return 128 - code if code < 0 else code
+        piping = asyncio.create_task(isolate.pipe_to_proxy(listener, isolate_port))
+    else:
+        try:
+            child = await asyncio.create_subprocess_exec(*command, env=env)
+        except FileNotFoundError:
+            say(f"wonder-run: cannot run {command[0]!r}: no such command or file")
+            return 127
+        except PermissionError:
+            say(f"wonder-run: cannot run {command[0]!r}: permission denied")
+            return 126
     loop = asyncio.get_running_loop()
 
     def forward(sig: signal.Signals) -> None:
@@ -299,6 +320,10 @@ async def _run_child(command: list[str], env: dict[str, str], say: Callable[[str
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if piping is not None:
+            piping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await piping
     return 128 - code if code < 0 else code
 
 
@@ -328,7 +353,8 @@ async def run(opts: Options) -> int:
                 if opts.config and opts.config.endpoint:
                     no_proxy.append(urlsplit(opts.config.endpoint).hostname or "")
                 env = child_env(port, bundle, [h for h in no_proxy if h], secret)
-                code = await _run_child(command_line(opts.command), env, opts.say)
+                code = await _run_child(command_line(opts.command), env, opts.say,
+                                        isolate_port=port if opts.isolate else None)
             finally:
                 master.shutdown()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -359,10 +385,14 @@ async def run(opts: Options) -> int:
               help="With --local: keep the mailbox in this directory instead of a temporary one.")
 @click.option("--no-proxy", multiple=True, metavar="HOST",
               help="Another host the command reaches directly (repeatable).")
+@click.option("--isolate/--no-isolate", default=None,
+              help="Run COMMAND in its own network namespace where only the proxy is "
+                   "reachable (no root needed; default: 'isolate' in the client config, "
+                   "else off).")
 @click.option("-v", "--verbose", is_flag=True, help="One line per request on stderr.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def main(config_file: Path | None, local: bool, allow_private: bool, upstream_ca: Path | None,
-         mailbox: Path | None, no_proxy: tuple[str, ...], verbose: bool,
+         mailbox: Path | None, no_proxy: tuple[str, ...], isolate: bool | None, verbose: bool,
          command: tuple[str, ...]) -> None:
     """Run COMMAND with its HTTP(S) requests relayed to the internet through wonders.
 
@@ -377,9 +407,13 @@ def main(config_file: Path | None, local: bool, allow_private: bool, upstream_ca
         raise click.UsageError("--allow-private, --upstream-ca and --mailbox go with --local")
     try:
         config = None if local else load_client_config(find_client_config(config_file))
+        if isolate is None:
+            isolate = config.isolate if config is not None else False
         opts = Options(list(command), config, local, allow_private, upstream_ca, mailbox,
-                       no_proxy, verbose)
+                       no_proxy, verbose, isolate)
         code = asyncio.run(run(opts))
+    except IsolationUnavailable:
+        sys.exit(2)  # the one line saying why is written; the command did not run
     except WondersError as exc:
         click.echo(f"wonder-run: error: {exc}", err=True)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
