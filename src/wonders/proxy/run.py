@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import tomllib
@@ -176,10 +177,12 @@ def new_proxy_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-def child_env(port: int, bundle: Path, no_proxy: Sequence[str], secret: str) -> dict[str, str]:
+def child_env(port: int, bundle: Path, no_proxy: Sequence[str], secret: str,
+              work: Path | None = None) -> dict[str, str]:
     """The command's environment. The proxy URL carries the per-run credentials: only the
-    environment holds them (never an argument, a log line or a message), and a process's
-    environment is readable by its own user (and root) alone."""
+    environment (and, for wget, a 0600 file in the run's private directory ``work``) holds
+    them — never an argument, a log line or a message; a process's environment is readable
+    by its own user (and root) alone."""
     from wonders.proxy.bridge import PROXY_USER
 
     env = dict(os.environ)
@@ -190,7 +193,54 @@ def child_env(port: int, bundle: Path, no_proxy: Sequence[str], secret: str) -> 
     env["NO_PROXY"] = env["no_proxy"] = bypass
     for name in CA_VARIABLES:
         env[name] = str(bundle)
+    # Node.js ≥ 24: fetch() and http(s) use the proxy variables (older ones ignore this)
+    env["NODE_USE_ENV_PROXY"] = "1"
+    # npm, conda and mamba read their own settings from the environment
+    env.update(npm_config_proxy=proxy, npm_config_https_proxy=proxy,
+               npm_config_noproxy=bypass, npm_config_cafile=str(bundle),
+               CONDA_SSL_VERIFY=str(bundle), MAMBA_SSL_VERIFY=str(bundle))
+    if work is not None:  # wget reads none of the CA variables: a wgetrc of its own
+        env["WGETRC"] = str(_wgetrc(work, bundle, proxy, bypass, os.environ.get("WGETRC")))
     return env
+
+
+def _wgetrc(work: Path, bundle: Path, proxy: str, bypass: str, given: str | None) -> Path:
+    """A wgetrc that keeps the user's own settings (``$WGETRC``, else ``~/.wgetrc``) and
+    adds the trust bundle and the proxy; mode 0600, it holds the proxy secret."""
+    own = Path(given) if given else Path.home() / ".wgetrc"
+    try:
+        kept = own.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        kept = ""
+    path = work / "wgetrc"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(f"# written by wonder-run for one run; first, {own}:\n{kept}\n"
+                f"ca_certificate = {bundle}\nuse_proxy = on\nhttp_proxy = {proxy}\n"
+                f"https_proxy = {proxy}\nno_proxy = {bypass}\n")
+    return path
+
+
+def node_warning(command: Sequence[str]) -> str | None:
+    """The line to print when the command is Node.js (node, npm, npx) older than 24,
+    whose fetch() and http modules ignore the proxy variables."""
+    if not command or Path(command[0]).name not in ("node", "npm", "npx"):
+        return None
+    node = shutil.which("node")
+    if node is None:
+        return None
+    try:
+        version = subprocess.run([node, "--version"], capture_output=True, text=True,  # noqa: S603
+                                 timeout=10, check=False).stdout.strip()
+        major = int(version.lstrip("v").split(".")[0])
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+    if major >= 24:
+        return None
+    return (f"wonder-run: Node.js {version} ignores the proxy variables in fetch() and the "
+            "http modules (Node 24 reads them with NODE_USE_ENV_PROXY=1, set here); npm "
+            "itself is served. For fetch, use undici's EnvHttpProxyAgent, or --isolate so "
+            "that nothing can go around the relay")
 
 
 def command_line(command: Sequence[str]) -> list[str]:
@@ -352,7 +402,10 @@ async def run(opts: Options) -> int:
                 no_proxy = list(opts.no_proxy)
                 if opts.config and opts.config.endpoint:
                     no_proxy.append(urlsplit(opts.config.endpoint).hostname or "")
-                env = child_env(port, bundle, [h for h in no_proxy if h], secret)
+                env = child_env(port, bundle, [h for h in no_proxy if h], secret, work)
+                warning = node_warning(opts.command)
+                if warning:
+                    opts.say(warning)
                 code = await _run_child(command_line(opts.command), env, opts.say,
                                         isolate_port=port if opts.isolate else None)
             finally:
