@@ -6,6 +6,11 @@
   lookup, no DNS rebinding). aiohttp's DNS cache is off, so every connection is checked
   against the current policy. A denied host raises :class:`AddressDenied` and is never
   connected to.
+- aiohttp never calls the resolver for an IP-literal host, so :meth:`Upstream.request`
+  puts every URL in its normalised form (:func:`wonders.relay.policy.parse_target`:
+  ``127。0。0。2`` and ``0x7f.0.0.2`` become ``127.0.0.2``) and asks the guard itself
+  about a literal before aiohttp sees it. A name reaches aiohttp as IDNA ASCII, which
+  aiohttp cannot take for a literal, so it always goes through the resolver.
 - TLS verification is always on: the system roots, plus an optional extra CA bundle.
 - Bodies pass through untouched: no automatic decompression, no headers invented
   (aiohttp's default User-Agent, Accept, Accept-Encoding and Content-Type are skipped
@@ -26,7 +31,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from wonders.crypto import Headers
-from wonders.relay.policy import Decision, Policy
+from wonders.relay.policy import Decision, Policy, parse_target
 
 __all__ = ["HOP_BY_HOP", "AddressDenied", "Upstream", "strip_hop_by_hop"]
 
@@ -139,14 +144,29 @@ class Upstream:
         body: bytes | AsyncIterable[bytes] | None,
     ) -> aiohttp.ClientResponse:
         """Send one request (no redirects followed here); the caller reads and releases
-        the response."""
+        the response.
+
+        Raises :class:`AddressDenied` for an IP-literal host the guard refuses, and
+        ``aiohttp.InvalidURL`` for a URL :func:`~wonders.relay.policy.parse_target`
+        refuses.
+        """
+        try:
+            target = parse_target(url)
+        except ValueError as exc:
+            raise aiohttp.InvalidURL(url, str(exc)) from None
+        address = target.host.address
+        if address is not None:
+            # aiohttp connects to a literal without asking the resolver: guard it here.
+            guarded = self._policy().guard(client, target.host.text, [address])
+            if guarded.address != address:
+                raise AddressDenied(guarded.decision)
         present = {name.lower() for name, _ in headers}
         skip = [h for h in _AUTO_HEADERS if h.lower() not in present]
         kwargs: dict[str, Any] = {}
         if body is not None and body != b"":
             kwargs["data"] = body
         return await self._session(client).request(
-            method, url, headers=list(headers), allow_redirects=False,
+            method, target.url, headers=list(headers), allow_redirects=False,
             skip_auto_headers=skip, **kwargs,
         )
 
