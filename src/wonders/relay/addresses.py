@@ -93,6 +93,7 @@ IPV6_CLASSES: Final[tuple[tuple[IPv6Network, str], ...]] = tuple(
         ("2001:db8::/32", "documentation"),
         ("2001::/23", "IETF protocol assignments"),
         ("2002::/16", "6to4 tunnel"),
+        ("3fff::/20", "documentation (RFC 9637)"),
         ("fc00::/7", "unique local (ULA)"),
         ("fe80::/10", "link-local"),
         ("fec0::/10", "site-local (deprecated)"),

@@ -13,7 +13,8 @@ Theory of operation:
   :func:`wonders.relay.addresses.parse_host`: UTS-46 mapped (Unicode dots, fullwidth
   digits, case), then an IP literal in any spelling, or a name compared in IDNA
   (punycode) ASCII without its trailing dot. Literals match only address entries (an IP
-  or a CIDR). :func:`parse_target` gives the URL with that normalised host: the forwarder
+  or a CIDR); an IPv4 entry also matches the IPv4-mapped and NAT64 forms of its
+  addresses. :func:`parse_target` gives the URL with that normalised host: the forwarder
   fetches that URL, so the host decided on is the host connected to.
 * The address guard (:meth:`Policy.guard`) runs on the addresses a host resolves to and
   returns the one to connect to: public addresses pass, non-public ones only inside the
@@ -49,6 +50,7 @@ from wonders.relay.addresses import (
     Host,
     IPAddress,
     classify,
+    ipv4_of,
     normalize_name,
     parse_host,
     parse_ip_literal,
@@ -168,8 +170,14 @@ class AddressEntry:
 
 
 def _in_network(address: IPAddress, network: Network) -> bool:
-    """Whether ``address`` is in ``network``."""
-    return address.version == network.version and address in network
+    """Whether ``address`` is in ``network``; an IPv4 network also holds the IPv4-mapped
+    and NAT64 addresses that carry one of its addresses."""
+    if address.version == network.version and address in network:
+        return True
+    if isinstance(network, IPv4Network):
+        embedded = ipv4_of(address)
+        return embedded is not None and embedded in network
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,9 +366,8 @@ class Policy:
                              f"{address} is denied by policy")
         if cls.public:
             return "address guard: public"
-        inside = [a for a in (address, cls.embedded) if a is not None]
         for i, network in enumerate(entry.allow_private):
-            if any(a.version == network.version and a in network for a in inside):
+            if _in_network(address, network):
                 return f'client {entry.name}: allow_private[{i}] "{network}"'
         return _deny(f"address guard: {cls.category}",
                      f"{cls.describe()}, a non-public address")
