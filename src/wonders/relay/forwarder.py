@@ -64,7 +64,13 @@ from wonders.errors import EnvelopeError, ObjectExists, ObjectNotFound, StoreErr
 from wonders.relay import layout
 from wonders.relay._polling import Backoff, wait_event
 from wonders.relay._store import Store
-from wonders.relay.audit import AuditWriter, iso_time, redact_headers, redact_target
+from wonders.relay.audit import (
+    AuditWriter,
+    is_credential,
+    iso_time,
+    redact_headers,
+    redact_target,
+)
 from wonders.relay.layout import EnvelopeKey
 from wonders.relay.metrics import Metrics
 from wonders.relay.policy import Limiter, Policy, parse_target
@@ -772,6 +778,9 @@ class Forwarder:
                     await self._relay(client, entry.max_response_bytes, response, writer,
                                       outcome)
                     return
+                if parse_target(target[1]).origin != parse_target(url).origin:
+                    # another scheme, host or port: the credentials stay with their origin
+                    headers = tuple((k, v) for k, v in headers if not is_credential(k))
                 method, url, body = target
                 hop_url = urlsplit(url)
                 outcome.redirects.append(f"{hop_url.scheme}://{hop_url.netloc.rpartition('@')[2]}"
@@ -781,7 +790,8 @@ class Forwarder:
     def _redirect(
         self, client: str, policy: Policy, response: aiohttp.ClientResponse, url: str, hop: int
     ) -> tuple[str, str, bytes | None] | None:
-        """Where to go next, if this redirect is to be followed here."""
+        """Where to go next (the URL normalised), if this redirect is to be followed here:
+        allowed by the policy, and not from https down to http."""
         location = response.headers.get("Location")
         follow = policy.clients[client].follow_redirects
         if not (follow and response.status in _REDIRECTS and location):
@@ -793,7 +803,11 @@ class Forwarder:
         if not decision.allowed:
             log.info("redirect to %s returned to %s: %s", target, client, decision)
             return None
-        return "GET", target, None
+        next_url = parse_target(target)  # decide() allowed it: it parses
+        if urlsplit(url).scheme == "https" and next_url.scheme != "https":
+            log.info("redirect from https to %s returned to %s", target, client)
+            return None
+        return "GET", next_url.url, None
 
     async def _relay(
         self, client: str, limit: int | None, response: aiohttp.ClientResponse,
