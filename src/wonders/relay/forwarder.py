@@ -82,7 +82,13 @@ from wonders.relay.records import (
     parse_claim,
     parse_heartbeat,
 )
-from wonders.relay.upstream import AddressDenied, Upstream, response_headers, strip_hop_by_hop
+from wonders.relay.upstream import (
+    AddressDenied,
+    ResponseHeadersTooLarge,
+    Upstream,
+    response_headers,
+    strip_hop_by_hop,
+)
 
 __all__ = ["Forwarder", "ForwarderSettings"]
 
@@ -768,6 +774,11 @@ class Forwarder:
                 self.counters.errors += 1
                 raise _ErrorReply(504, "upstream-timeout",
                                   f"wonders: {where} did not answer in time") from None
+            except ResponseHeadersTooLarge as exc:
+                self.counters.errors += 1
+                raise _ErrorReply(502, "response-headers-too-large",
+                                  f"wonders: the response headers of {where} are over the "
+                                  f"forwarder's limits: {exc}") from None
             except aiohttp.ClientError as exc:
                 self.counters.errors += 1
                 raise _ErrorReply(502, "upstream-error",

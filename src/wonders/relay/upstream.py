@@ -11,6 +11,9 @@
   ``127。0。0。2`` and ``0x7f.0.0.2`` become ``127.0.0.2``) and asks the guard itself
   about a literal before aiohttp sees it. A name reaches aiohttp as IDNA ASCII, which
   aiohttp cannot take for a literal, so it always goes through the resolver.
+- A response head over the limits (:data:`MAX_HEAD_LINE` bytes in a line or header field,
+  :data:`MAX_HEADERS` headers) raises :class:`ResponseHeadersTooLarge` as soon as the
+  parser passes the limit, not at a timeout.
 - TLS verification is always on: the system roots, plus an optional extra CA bundle.
 - Bodies pass through untouched: no automatic decompression, no headers invented
   (aiohttp's default User-Agent, Accept, Accept-Encoding and Content-Type are skipped
@@ -29,11 +32,20 @@ from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from wonders.crypto import Headers
 from wonders.relay.policy import Decision, Policy, parse_target
 
-__all__ = ["HOP_BY_HOP", "AddressDenied", "Upstream", "strip_hop_by_hop"]
+__all__ = [
+    "HOP_BY_HOP",
+    "MAX_HEADERS",
+    "MAX_HEAD_LINE",
+    "AddressDenied",
+    "ResponseHeadersTooLarge",
+    "Upstream",
+    "strip_hop_by_hop",
+]
 
 #: Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus the
 #: proxy's own.
@@ -42,6 +54,10 @@ HOP_BY_HOP = frozenset({
     "proxy-connection", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 })
 _AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+#: The most of a response head the forwarder parses: bytes in a line (status line or
+#: header field) and headers. aiohttp's defaults, named so they do not change under us.
+MAX_HEAD_LINE = 8190
+MAX_HEADERS = 128
 
 
 def strip_hop_by_hop(headers: Headers) -> Headers:
@@ -65,6 +81,27 @@ class AddressDenied(OSError):
     def __init__(self, decision: Decision) -> None:
         super().__init__(decision.reason)
         self.decision = decision
+
+
+class ResponseHeadersTooLarge(aiohttp.ClientError):
+    """The upstream's response head is over :data:`MAX_HEAD_LINE` or :data:`MAX_HEADERS`."""
+
+
+def _head_over_limits(exc: BaseException) -> bool:
+    """Whether aiohttp refused a response head for its size (a line or field too long,
+    too many headers), judging by the parser errors behind ``exc``."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, LineTooLong):
+            return True
+        if isinstance(cause, HttpProcessingError) and "too many headers" in str(
+            cause.message
+        ).lower():
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 class GuardedResolver(AbstractResolver):
@@ -130,7 +167,8 @@ class Upstream:
             )
             session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, timeout=self._timeout,
-                cookie_jar=aiohttp.DummyCookieJar(),
+                cookie_jar=aiohttp.DummyCookieJar(), max_line_size=MAX_HEAD_LINE,
+                max_field_size=MAX_HEAD_LINE, max_headers=MAX_HEADERS,
             )
             self._sessions[client] = session
         return session
@@ -146,9 +184,10 @@ class Upstream:
         """Send one request (no redirects followed here); the caller reads and releases
         the response.
 
-        Raises :class:`AddressDenied` for an IP-literal host the guard refuses, and
+        Raises :class:`AddressDenied` for an IP-literal host the guard refuses,
         ``aiohttp.InvalidURL`` for a URL :func:`~wonders.relay.policy.parse_target`
-        refuses.
+        refuses, and :class:`ResponseHeadersTooLarge` for a response head over
+        :data:`MAX_HEAD_LINE` or :data:`MAX_HEADERS`.
         """
         try:
             target = parse_target(url)
@@ -165,10 +204,15 @@ class Upstream:
         kwargs: dict[str, Any] = {}
         if body is not None and body != b"":
             kwargs["data"] = body
-        return await self._session(client).request(
-            method, target.url, headers=list(headers), allow_redirects=False,
-            skip_auto_headers=skip, **kwargs,
-        )
+        try:
+            return await self._session(client).request(
+                method, target.url, headers=list(headers), allow_redirects=False,
+                skip_auto_headers=skip, **kwargs,
+            )
+        except aiohttp.ClientResponseError as exc:
+            if _head_over_limits(exc):
+                raise ResponseHeadersTooLarge(exc.message) from exc
+            raise
 
     async def close(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}
