@@ -9,7 +9,9 @@ literal 127.0.0.2 and connected to loopback without asking the guarded resolver.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from functools import cache
 from ipaddress import IPv4Address, ip_address
@@ -23,6 +25,7 @@ from wonders.crypto import PrivateKey
 from wonders.proxy.run import local_policy
 from wonders.relay import DirectoryStore
 from wonders.relay.addresses import Host, parse_host, parse_ip_literal
+from wonders.relay.audit import Batch, batch_keys, read_batches
 from wonders.relay.policy import ClientPolicy, HostPattern, Policy, parse_target
 from wonders.relay.upstream import AddressDenied
 from wonders.relay.upstream import Upstream as HttpUpstream
@@ -195,3 +198,27 @@ bundle = "follower.pub"
                 assert response.header("X-Wonders-Error") == "policy-denied"
                 assert "address guard: loopback" in (await response.read()).decode()
     assert loopback2.hits["/echo"] == 0
+
+
+@pytest.mark.parametrize("host", ["ＬＯＣＡＬＨＯＳＴ", "ＬＯＣＡＬＨＯＳＴ。"])
+async def test_the_normalised_url_is_what_is_fetched_and_audited(
+    tmp_path: Path, upstream: Upstream, host: str
+) -> None:
+    """The audit log names the host as connected to, not a Unicode disguise of it (and a
+    trailing Unicode dot is a trailing dot)."""
+    port = int(upstream.url.rsplit(":", 1)[1])
+    keys = make_keys(tmp_path, port)  # gpu01 may reach localhost
+    (tmp_path / "mailbox").mkdir()
+    async with DirectoryStore(tmp_path / "mailbox") as store:
+        async with running_forwarder(store, keys, upstream), client_for(store, keys) as client:
+            url = f"https://{host}:{port}/echo?q=1"
+            async with await client.request("GET", url) as response:
+                assert response.status == 200
+                doc = json.loads(await response.read())
+        seen = {k.lower(): v for k, v in doc["headers"]}
+        assert seen["host"] == f"localhost:{port}"
+        batches = await batch_keys(store, None, time.time())
+        records = [r async for b in read_batches(store, batches, keys.forwarder.public)
+                   if isinstance(b, Batch) for r in b.records]
+    assert [(r["host"], r["port"], r["path"]) for r in records] == [
+        ("localhost", port, "/echo?q=[redacted]")]
