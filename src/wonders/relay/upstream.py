@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
@@ -191,8 +192,12 @@ class Upstream:
         """
         try:
             target = parse_target(url)
+            parsed = yarl.URL(target.url)
         except ValueError as exc:
             raise aiohttp.InvalidURL(url, str(exc)) from None
+        if (parsed.raw_host, parsed.port) != (target.host.text.strip("[]"), target.port):
+            # never send what aiohttp would read as another host than the one decided
+            raise aiohttp.InvalidURL(url, f"read as {parsed.raw_host}:{parsed.port}")
         address = target.host.address
         if address is not None:
             # aiohttp connects to a literal without asking the resolver: guard it here.
@@ -206,7 +211,7 @@ class Upstream:
             kwargs["data"] = body
         try:
             return await self._session(client).request(
-                method, target.url, headers=list(headers), allow_redirects=False,
+                method, parsed, headers=list(headers), allow_redirects=False,
                 skip_auto_headers=skip, **kwargs,
             )
         except aiohttp.ClientResponseError as exc:
