@@ -160,7 +160,8 @@ class _Outcome:
     response_sha256: bytes | None = None
     response_headers: Headers = ()
     redirects: list[str] = dataclasses.field(default_factory=list)
-    #: The URL as fetched (its host normalised), once the policy allowed it.
+    #: The URL with its host normalised: what is decided, fetched and audited ("" if it
+    #: cannot be normalised, and is denied as malformed).
     url: str = ""
     #: Nothing was done (the head vanished, or an earlier attempt already answered).
     nothing: bool = False
