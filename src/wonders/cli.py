@@ -16,7 +16,6 @@ import sys
 import time
 from ipaddress import ip_address
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import click
 
@@ -26,8 +25,8 @@ from wonders._onboard import clients, init
 from wonders._status_cli import ping, status
 from wonders.crypto import PrivateKey, check_name, load_private_key, write_key_files
 from wonders.errors import KeyFileError, PolicyError, StoreError, WondersError
-from wonders.relay.addresses import IPAddress, parse_ip_literal
-from wonders.relay.policy import Decision, Policy, load_policy
+from wonders.relay.addresses import IPAddress
+from wonders.relay.policy import Decision, Policy, load_policy, parse_target
 
 
 class _Group(click.Group):
@@ -95,13 +94,13 @@ def _explain(
     decision = rules.decide(client, method, url, now=now)
     if not (resolve and decision.allowed):
         return decision
-    host = urlsplit(url).hostname or ""
     try:
-        if parse_ip_literal(host) is not None:
-            return decision  # decide() already applied the address guard
+        host = parse_target(url).host  # the host as the forwarder will look it up
     except ValueError:
         return decision
-    guarded = rules.guard(client, host, _resolve(host))
+    if host.address is not None:
+        return decision  # decide() already applied the address guard
+    guarded = rules.guard(client, host.text, _resolve(host.text))
     return decision if guarded.decision.allowed else guarded.decision
 
 

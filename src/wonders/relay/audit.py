@@ -61,6 +61,7 @@ __all__ = [
     "Batch",
     "ChainHead",
     "Problem",
+    "is_credential",
     "iso_time",
     "parse_batch",
     "parse_time",
@@ -95,6 +96,12 @@ class AuditError(WondersError):
 def _secret_name(name: str) -> bool:
     lowered = name.lower()
     return lowered in CREDENTIAL_HEADERS or bool(_SECRET_NAME.search(lowered))
+
+
+def is_credential(name: str) -> bool:
+    """Whether the header (or query parameter) ``name`` carries a credential: its value
+    is never recorded, and a redirect followed to another origin does not carry it on."""
+    return _secret_name(name)
 
 
 def redact_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:

@@ -67,10 +67,16 @@ from wonders.relay import layout
 from wonders.relay._polling import Backoff, wait_event
 from wonders.relay._store import Store
 from wonders.relay._watch import watch
-from wonders.relay.audit import AuditWriter, iso_time, redact_headers, redact_target
+from wonders.relay.audit import (
+    AuditWriter,
+    is_credential,
+    iso_time,
+    redact_headers,
+    redact_target,
+)
 from wonders.relay.layout import EnvelopeKey
 from wonders.relay.metrics import Metrics
-from wonders.relay.policy import Limiter, Policy
+from wonders.relay.policy import Limiter, Policy, parse_target
 from wonders.relay.records import (
     PING_HOST,
     Claim,
@@ -89,7 +95,13 @@ from wonders.relay.segmenter import (
     Whole,
     flush_delay_for,
 )
-from wonders.relay.upstream import AddressDenied, Upstream, response_headers, strip_hop_by_hop
+from wonders.relay.upstream import (
+    AddressDenied,
+    ResponseHeadersTooLarge,
+    Upstream,
+    response_headers,
+    strip_hop_by_hop,
+)
 
 __all__ = ["Forwarder", "ForwarderSettings"]
 
@@ -165,6 +177,9 @@ class _Outcome:
     response_sha256: bytes | None = None
     response_headers: Headers = ()
     redirects: list[str] = dataclasses.field(default_factory=list)
+    #: The URL with its host normalised: what is decided, fetched and audited ("" if it
+    #: cannot be normalised, and is denied as malformed).
+    url: str = ""
     #: Nothing was done (the head vanished, or an earlier attempt already answered).
     nothing: bool = False
 
@@ -689,6 +704,11 @@ class Forwarder:
             await self._pong(request, writer, outcome)
             return
         size = len(request.body) if request.body is not None else None
+        # What is decided is what is fetched and audited: the URL with its host normalised
+        # (Unicode dots, fullwidth digits, case, literal spellings); decide() denies a URL
+        # that cannot be normalised.
+        with contextlib.suppress(ValueError):
+            url = outcome.url = parse_target(url).url
         decision = policy.decide(client, method, url, now=self.clock(), request_bytes=size)
         outcome.decision, outcome.rule = decision.action, decision.rule
         if not decision.allowed:
@@ -706,7 +726,7 @@ class Forwarder:
                               (("Retry-After", retry),))
         try:
             self.counters.allowed += 1
-            await self._fetch(client, policy, request, writer, outcome)
+            await self._fetch(client, policy, request, url, writer, outcome)
         finally:
             self._limiter.release(client)
 
@@ -722,8 +742,8 @@ class Forwarder:
             ("Content-Type", "application/json"), ("Content-Length", str(len(body))))), body)
 
     async def _fetch(
-        self, client: str, policy: Policy, request: OpenedRequest, writer: _ResponseWriter,
-        outcome: _Outcome,
+        self, client: str, policy: Policy, request: OpenedRequest, url: str,
+        writer: _ResponseWriter, outcome: _Outcome,
     ) -> None:
         entry = policy.clients[client]
         headers = strip_hop_by_hop(request.head.headers)
@@ -743,22 +763,25 @@ class Forwarder:
             outcome.request_sha256 = hashlib.sha256(request.body).digest()
         began = time.monotonic()
         try:
-            await self._hops(client, policy, request, writer, outcome, headers, body)
+            await self._hops(client, policy, request, url, writer, outcome, headers, body)
         finally:
             outcome.upstream_seconds = time.monotonic() - began
 
     async def _hops(
-        self, client: str, policy: Policy, request: OpenedRequest, writer: _ResponseWriter,
-        outcome: _Outcome, headers: Headers, body: bytes | AsyncIterator[bytes] | None,
+        self, client: str, policy: Policy, request: OpenedRequest, url: str,
+        writer: _ResponseWriter, outcome: _Outcome, headers: Headers,
+        body: bytes | AsyncIterator[bytes] | None,
     ) -> None:
         entry = policy.clients[client]
-        method, url = request.head.method, request.head.url
+        method = request.head.method
         for hop in range(self.settings.max_redirects + 1):
+            where = urlsplit(url).netloc
             try:
                 response = await self._upstream.request(client, method, url, headers, body)
-            except aiohttp.ClientConnectorError as exc:
-                cause = exc.os_error if isinstance(exc.os_error, AddressDenied) else None
-                if cause is not None:
+            except (AddressDenied, aiohttp.ClientConnectorError) as exc:
+                # a literal is guarded before aiohttp sees it, a name in the resolver
+                cause = exc if isinstance(exc, AddressDenied) else exc.os_error
+                if isinstance(cause, AddressDenied):
                     self.counters.denied += 1
                     outcome.decision, outcome.rule = "deny", cause.decision.rule
                     raise _ErrorReply(403, "policy-denied",
@@ -766,16 +789,18 @@ class Forwarder:
                                       f"{cause.decision.reason}") from None
                 self.counters.errors += 1
                 raise _ErrorReply(502, "upstream-unreachable",
-                                  f"wonders: cannot connect to {urlsplit(url).netloc}: "
-                                  f"{exc.os_error}") from None
+                                  f"wonders: cannot connect to {where}: {cause}") from None
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 self.counters.errors += 1
-                where = urlsplit(url).netloc
                 raise _ErrorReply(504, "upstream-timeout",
                                   f"wonders: {where} did not answer in time") from None
+            except ResponseHeadersTooLarge as exc:
+                self.counters.errors += 1
+                raise _ErrorReply(502, "response-headers-too-large",
+                                  f"wonders: the response headers of {where} are over the "
+                                  f"forwarder's limits: {exc}") from None
             except aiohttp.ClientError as exc:
                 self.counters.errors += 1
-                where = urlsplit(url).netloc
                 raise _ErrorReply(502, "upstream-error",
                                   f"wonders: request to {where} failed: {exc}") from None
             async with response:
@@ -784,6 +809,9 @@ class Forwarder:
                     await self._relay(client, entry.max_response_bytes, response, writer,
                                       outcome)
                     return
+                if parse_target(target[1]).origin != parse_target(url).origin:
+                    # another scheme, host or port: the credentials stay with their origin
+                    headers = tuple((k, v) for k, v in headers if not is_credential(k))
                 method, url, body = target
                 hop_url = urlsplit(url)
                 outcome.redirects.append(f"{hop_url.scheme}://{hop_url.netloc.rpartition('@')[2]}"
@@ -793,7 +821,8 @@ class Forwarder:
     def _redirect(
         self, client: str, policy: Policy, response: aiohttp.ClientResponse, url: str, hop: int
     ) -> tuple[str, str, bytes | None] | None:
-        """Where to go next, if this redirect is to be followed here."""
+        """Where to go next (the URL normalised), if this redirect is to be followed here:
+        allowed by the policy, and not from https down to http."""
         location = response.headers.get("Location")
         follow = policy.clients[client].follow_redirects
         if not (follow and response.status in _REDIRECTS and location):
@@ -805,7 +834,11 @@ class Forwarder:
         if not decision.allowed:
             log.info("redirect to %s returned to %s: %s", target, client, decision)
             return None
-        return "GET", target, None
+        next_url = parse_target(target)  # decide() allowed it: it parses
+        if urlsplit(url).scheme == "https" and next_url.scheme != "https":
+            log.info("redirect from https to %s returned to %s", target, client)
+            return None
+        return "GET", next_url.url, None
 
     async def _relay(
         self, client: str, limit: int | None, response: aiohttp.ClientResponse,
@@ -945,11 +978,12 @@ class Forwarder:
             "request_headers": [], "response_headers": redact_headers(outcome.response_headers),
         }
         if request is not None:
-            url = urlsplit(request.head.url)
+            fetched = outcome.url or request.head.url
+            url = urlsplit(fetched)
             record.update(
                 method=request.head.method, scheme=url.scheme, host=url.hostname,
                 port=url.port or (443 if url.scheme == "https" else 80),
-                path=redact_target(request.head.url, keep_query=self._keep_query),
+                path=redact_target(fetched, keep_query=self._keep_query),
                 queue_ms=_ms(claimed - request.issued),
                 request_headers=redact_headers(request.head.headers),
             )

@@ -9,9 +9,13 @@ Theory of operation:
   does. Deny wins over allow. :meth:`Policy.decide` returns a :class:`Decision` that names
   the rule that decided, for logs, audit records and 403 bodies.
 * Host patterns are an exact name or ``*.`` followed by a name (any depth of subdomain,
-  never the bare name); names are compared lowercased, without a trailing dot, in IDNA
-  (punycode) form. IP-literal hosts in any spelling are recognised first
-  (:mod:`wonders.relay.addresses`) and match only address entries (an IP or a CIDR).
+  never the bare name). Every host is normalised once, by
+  :func:`wonders.relay.addresses.parse_host`: UTS-46 mapped (Unicode dots, fullwidth
+  digits, case), then an IP literal in any spelling, or a name compared in IDNA
+  (punycode) ASCII without its trailing dot. Literals match only address entries (an IP
+  or a CIDR); an IPv4 entry also matches the IPv4-mapped and NAT64 forms of its
+  addresses. :func:`parse_target` gives the URL with that normalised host: the forwarder
+  fetches that URL, so the host decided on is the host connected to.
 * The address guard (:meth:`Policy.guard`) runs on the addresses a host resolves to and
   returns the one to connect to: public addresses pass, non-public ones only inside the
   client's ``allow_private`` ranges. Report mode never relaxes the guard.
@@ -40,11 +44,17 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-import idna
-
 from wonders.crypto import PublicBundle, check_name, load_public_bundle, parse_public_bundle
 from wonders.errors import KeyFileError, PolicyError
-from wonders.relay.addresses import IPAddress, classify, parse_ip_literal
+from wonders.relay.addresses import (
+    Host,
+    IPAddress,
+    classify,
+    ipv4_of,
+    normalize_name,
+    parse_host,
+    parse_ip_literal,
+)
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -56,9 +66,11 @@ __all__ = [
     "HostPattern",
     "Limiter",
     "Policy",
+    "Target",
     "load_policy",
     "normalize_host",
     "parse_policy",
+    "parse_target",
 ]
 
 Action = Literal["allow", "deny", "report"]
@@ -112,18 +124,12 @@ def _deny(rule: str, reason: str, status: int = 403, retry: float | None = None)
 
 
 def normalize_host(host: str) -> str:
-    """Lowercase, drop one trailing dot, and convert to IDNA (punycode) ASCII.
+    """A host name's canonical form: UTS-46 mapped, IDNA (punycode) ASCII, lowercase,
+    without one trailing dot (:func:`wonders.relay.addresses.normalize_name`).
 
-    Raises ValueError for a name that is not a valid host name.
+    Raises ValueError for a host that is not a valid name, or that is an IP address.
     """
-    name = host[:-1] if host.endswith(".") else host
-    if not name or len(name) > 253:
-        raise ValueError(f"invalid host name {host!r}")
-    try:
-        ascii_name = idna.encode(name, uts46=True).decode("ascii")
-    except (idna.IDNAError, UnicodeError) as exc:
-        raise ValueError(f"invalid host name {host!r}: {exc}") from None
-    return ascii_name.lower()
+    return normalize_name(host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +166,18 @@ class AddressEntry:
     network: Network
 
     def matches(self, address: IPAddress) -> bool:
-        return address.version == self.network.version and address in self.network
+        return _in_network(address, self.network)
+
+
+def _in_network(address: IPAddress, network: Network) -> bool:
+    """Whether ``address`` is in ``network``; an IPv4 network also holds the IPv4-mapped
+    and NAT64 addresses that carry one of its addresses."""
+    if address.version == network.version and address in network:
+        return True
+    if isinstance(network, IPv4Network):
+        embedded = ipv4_of(address)
+        return embedded is not None and embedded in network
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,14 +307,14 @@ class Policy:
             return _deny("no client entry", f"client {client!r} is not in the policy")
         who = f"client {client}"
         try:
-            scheme, host, port = _split_url(url)
+            split = _split_url(url)
         except ValueError as exc:
             return _deny(f"{who}: malformed URL", str(exc))
         try:
-            address = parse_ip_literal(host)
-            name = "" if address is not None else normalize_host(host)
+            host = parse_host(split.host)
         except ValueError as exc:
             return _deny(f"{who}: malformed host", str(exc))
+        scheme, port, address, name = split.scheme, split.port, host.address, host.name
         shown = str(address) if address is not None else name
 
         def violation(rule: str, reason: str) -> Decision:
@@ -349,9 +366,8 @@ class Policy:
                              f"{address} is denied by policy")
         if cls.public:
             return "address guard: public"
-        inside = [a for a in (address, cls.embedded) if a is not None]
         for i, network in enumerate(entry.allow_private):
-            if any(a.version == network.version and a in network for a in inside):
+            if _in_network(address, network):
                 return f'client {entry.name}: allow_private[{i}] "{network}"'
         return _deny(f"address guard: {cls.category}",
                      f"{cls.describe()}, a non-public address")
@@ -378,29 +394,79 @@ class Policy:
         return Guarded(None, _deny(first.rule, f"{host} resolves to {first.reason}"))
 
 
-def _split_url(url: str) -> tuple[str, str, int]:
-    """Scheme, raw host (brackets kept, case kept) and port of an absolute URL."""
+@dataclass(frozen=True, slots=True)
+class _Split:
+    scheme: str
+    userinfo: str  # with its "@", or ""
+    host: str  # as written: brackets kept, case kept
+    port: int
+    rest: str  # path, query and fragment, as written
+
+
+def _split_url(url: str) -> _Split:
+    """The parts of an absolute http(s) URL; raises ValueError for anything else."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORT_OF:
         raise ValueError(f"{url!r} is not an http:// or https:// URL")
-    netloc = parts.netloc.rpartition("@")[2]
+    start = len(parts.scheme) + 3
+    if (url[: len(parts.scheme)].lower() != scheme or url[len(parts.scheme):start] != "://"
+            or not url.startswith(parts.netloc, start)):
+        raise ValueError(f"{url!r} is not an absolute URL")
+    rest = url[start + len(parts.netloc):]
+    if rest and rest[0] not in "/?#":
+        raise ValueError(f"{url!r} is not an absolute URL")
+    userinfo, at, netloc = parts.netloc.rpartition("@")
     if netloc.startswith("["):
         end = netloc.find("]")
         if end < 0:
             raise ValueError(f"{url!r} has an unterminated IPv6 host")
-        host, rest = netloc[: end + 1], netloc[end + 1 :]
+        host, port_rest = netloc[: end + 1], netloc[end + 1 :]
     else:
         host, _, port_text = netloc.partition(":")
-        rest = ":" + port_text if port_text or netloc.endswith(":") else ""
+        port_rest = ":" + port_text if port_text or netloc.endswith(":") else ""
     if not host:
         raise ValueError(f"{url!r} has no host")
-    if rest and not re.fullmatch(r":[0-9]{0,5}", rest):
+    if port_rest and not re.fullmatch(r":[0-9]{0,5}", port_rest):
         raise ValueError(f"{url!r} has an invalid port")
-    port = int(rest[1:]) if rest[1:] else _DEFAULT_PORT_OF[scheme]
+    port = int(port_rest[1:]) if port_rest[1:] else _DEFAULT_PORT_OF[scheme]
     if not 0 < port < 65536:
         raise ValueError(f"{url!r} has an invalid port")
-    return scheme, host, port
+    return _Split(scheme, userinfo + at, host, port, rest)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """An absolute URL with its host normalised.
+
+    Attributes:
+        url: the URL to fetch: lowercase scheme, the normalised host
+            (:func:`wonders.relay.addresses.parse_host`), the port only if it is not the
+            scheme's default, and the rest (user info, path, query) as given.
+        scheme, host, port: its parts; ``(scheme, host.text, port)`` is its origin.
+    """
+
+    url: str
+    scheme: str
+    host: Host
+    port: int
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        return self.scheme, self.host.text, self.port
+
+
+def parse_target(url: str) -> Target:
+    """The URL with its host normalised, as :meth:`Policy.decide` sees it.
+
+    Raises ValueError for a URL that is not absolute http(s), or whose host is neither an
+    address nor a valid name.
+    """
+    split = _split_url(url)
+    host = parse_host(split.host)
+    port = "" if split.port == _DEFAULT_PORT_OF[split.scheme] else f":{split.port}"
+    return Target(f"{split.scheme}://{split.userinfo}{host.text}{port}{split.rest}",
+                  split.scheme, host, split.port)
 
 
 # ------------------------------------------------------------------------------ limiter

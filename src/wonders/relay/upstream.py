@@ -6,6 +6,14 @@
   lookup, no DNS rebinding). aiohttp's DNS cache is off, so every connection is checked
   against the current policy. A denied host raises :class:`AddressDenied` and is never
   connected to.
+- aiohttp never calls the resolver for an IP-literal host, so :meth:`Upstream.request`
+  puts every URL in its normalised form (:func:`wonders.relay.policy.parse_target`:
+  ``127。0。0。2`` and ``0x7f.0.0.2`` become ``127.0.0.2``) and asks the guard itself
+  about a literal before aiohttp sees it. A name reaches aiohttp as IDNA ASCII, which
+  aiohttp cannot take for a literal, so it always goes through the resolver.
+- A response head over the limits (:data:`MAX_HEAD_LINE` bytes in a line or header field,
+  :data:`MAX_HEADERS` headers) raises :class:`ResponseHeadersTooLarge` as soon as the
+  parser passes the limit, not at a timeout.
 - TLS verification is always on: the system roots, plus an optional extra CA bundle.
 - Bodies pass through untouched: no automatic decompression, no headers invented
   (aiohttp's default User-Agent, Accept, Accept-Encoding and Content-Type are skipped
@@ -23,12 +31,22 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from wonders.crypto import Headers
-from wonders.relay.policy import Decision, Policy
+from wonders.relay.policy import Decision, Policy, parse_target
 
-__all__ = ["HOP_BY_HOP", "AddressDenied", "Upstream", "strip_hop_by_hop"]
+__all__ = [
+    "HOP_BY_HOP",
+    "MAX_HEADERS",
+    "MAX_HEAD_LINE",
+    "AddressDenied",
+    "ResponseHeadersTooLarge",
+    "Upstream",
+    "strip_hop_by_hop",
+]
 
 #: Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus the
 #: proxy's own.
@@ -37,6 +55,10 @@ HOP_BY_HOP = frozenset({
     "proxy-connection", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 })
 _AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+#: The most of a response head the forwarder parses: bytes in a line (status line or
+#: header field) and headers. aiohttp's defaults, named so they do not change under us.
+MAX_HEAD_LINE = 8190
+MAX_HEADERS = 128
 
 
 def strip_hop_by_hop(headers: Headers) -> Headers:
@@ -60,6 +82,27 @@ class AddressDenied(OSError):
     def __init__(self, decision: Decision) -> None:
         super().__init__(decision.reason)
         self.decision = decision
+
+
+class ResponseHeadersTooLarge(aiohttp.ClientError):
+    """The upstream's response head is over :data:`MAX_HEAD_LINE` or :data:`MAX_HEADERS`."""
+
+
+def _head_over_limits(exc: BaseException) -> bool:
+    """Whether aiohttp refused a response head for its size (a line or field too long,
+    too many headers), judging by the parser errors behind ``exc``."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, LineTooLong):
+            return True
+        if isinstance(cause, HttpProcessingError) and "too many headers" in str(
+            cause.message
+        ).lower():
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 class GuardedResolver(AbstractResolver):
@@ -125,7 +168,8 @@ class Upstream:
             )
             session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, timeout=self._timeout,
-                cookie_jar=aiohttp.DummyCookieJar(),
+                cookie_jar=aiohttp.DummyCookieJar(), max_line_size=MAX_HEAD_LINE,
+                max_field_size=MAX_HEAD_LINE, max_headers=MAX_HEADERS,
             )
             self._sessions[client] = session
         return session
@@ -139,16 +183,41 @@ class Upstream:
         body: bytes | AsyncIterable[bytes] | None,
     ) -> aiohttp.ClientResponse:
         """Send one request (no redirects followed here); the caller reads and releases
-        the response."""
+        the response.
+
+        Raises :class:`AddressDenied` for an IP-literal host the guard refuses,
+        ``aiohttp.InvalidURL`` for a URL :func:`~wonders.relay.policy.parse_target`
+        refuses, and :class:`ResponseHeadersTooLarge` for a response head over
+        :data:`MAX_HEAD_LINE` or :data:`MAX_HEADERS`.
+        """
+        try:
+            target = parse_target(url)
+            parsed = yarl.URL(target.url)
+        except ValueError as exc:
+            raise aiohttp.InvalidURL(url, str(exc)) from None
+        if (parsed.raw_host, parsed.port) != (target.host.text.strip("[]"), target.port):
+            # never send what aiohttp would read as another host than the one decided
+            raise aiohttp.InvalidURL(url, f"read as {parsed.raw_host}:{parsed.port}")
+        address = target.host.address
+        if address is not None:
+            # aiohttp connects to a literal without asking the resolver: guard it here.
+            guarded = self._policy().guard(client, target.host.text, [address])
+            if guarded.address != address:
+                raise AddressDenied(guarded.decision)
         present = {name.lower() for name, _ in headers}
         skip = [h for h in _AUTO_HEADERS if h.lower() not in present]
         kwargs: dict[str, Any] = {}
         if body is not None and body != b"":
             kwargs["data"] = body
-        return await self._session(client).request(
-            method, url, headers=list(headers), allow_redirects=False,
-            skip_auto_headers=skip, **kwargs,
-        )
+        try:
+            return await self._session(client).request(
+                method, parsed, headers=list(headers), allow_redirects=False,
+                skip_auto_headers=skip, **kwargs,
+            )
+        except aiohttp.ClientResponseError as exc:
+            if _head_over_limits(exc):
+                raise ResponseHeadersTooLarge(exc.message) from exc
+            raise
 
     async def close(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}
