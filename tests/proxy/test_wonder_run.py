@@ -8,6 +8,7 @@ directly, or with its own trust store, would fail verification.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -367,3 +368,62 @@ async def test_a_512_mib_download_with_bounded_memory(upstream: Upstream) -> Non
     assert int(total) == size
     assert digest == pattern_sha256(size)
     assert int(peak_mib) < 300
+
+
+@pytest.mark.skipif(shutil.which("wget") is None, reason="wget is not installed")
+async def test_wget_keeps_the_users_settings_and_verifies(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    own = tmp_path / "mywgetrc"
+    own.write_text("user_agent = kept-from-the-users-wgetrc\n")
+    done = await wonder_run_env({"WGETRC": str(own)}, *local(upstream), "wget", "-q", "-O", "-",
+                                f"{upstream.url}/echo/wget")
+    assert done.code == 0, done.out + done.err
+    doc = json.loads(done.out)
+    assert doc["path"] == "/echo/wget"
+    assert ["User-Agent", "kept-from-the-users-wgetrc"] in doc["headers"]
+    assert own.read_text() == "user_agent = kept-from-the-users-wgetrc\n"  # left as it was
+
+
+async def test_node_older_than_24_is_told_that_fetch_bypasses_the_proxy(
+    upstream: Upstream,
+) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True,  # noqa: ASYNC221
+                             check=True).stdout.strip()
+    done = await wonder_run(*local(upstream), "node", "-e", "process.exit(0)")
+    assert done.code == 0, done.err
+    told = "ignores the proxy variables in fetch()" in done.err
+    assert told == (int(version.lstrip("v").split(".")[0]) < 24)
+    plain = await wonder_run(*local(upstream), sys.executable, "-c", "pass")
+    assert "Node.js" not in plain.err
+
+
+async def test_npm_conda_mamba_and_node_settings_in_the_environment(upstream: Upstream) -> None:
+    code = """
+        import os
+        for name in ("npm_config_proxy", "npm_config_https_proxy", "npm_config_cafile",
+                     "npm_config_noproxy", "CONDA_SSL_VERIFY", "MAMBA_SSL_VERIFY",
+                     "NODE_USE_ENV_PROXY", "WGETRC", "SSL_CERT_FILE", "HTTPS_PROXY"):
+            print(name, os.environ[name])
+        print("wgetrc-mode", oct(os.stat(os.environ["WGETRC"]).st_mode & 0o777))
+    """
+    done = await wonder_run(*local(upstream), *python(code))
+    assert done.code == 0, done.err
+    env = dict(line.split(" ", 1) for line in done.out.splitlines())
+    assert env["npm_config_proxy"] == env["npm_config_https_proxy"] == env["HTTPS_PROXY"]
+    assert env["npm_config_cafile"] == env["CONDA_SSL_VERIFY"] == env["SSL_CERT_FILE"]
+    assert env["MAMBA_SSL_VERIFY"] == env["SSL_CERT_FILE"]
+    assert env["NODE_USE_ENV_PROXY"] == "1"
+    assert env["wgetrc-mode"] == "0o600"  # it holds the proxy secret
+
+
+async def wonder_run_env(extra: dict[str, str], *args: str, timeout: float = 120) -> Done:  # noqa: ASYNC109
+    proc = await asyncio.create_subprocess_exec(
+        WONDER_RUN, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **extra})
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return Done(proc.returncode, out.decode(), err.decode())
