@@ -17,7 +17,14 @@ import click
 
 from wonders._text import human_bytes, table
 from wonders.crypto import PublicBundle, load_private_key, load_public_bundle, request_id_time
-from wonders.errors import ConfigError, KeyFileError, ObjectNotFound, RelayError, StoreError
+from wonders.errors import (
+    ConfigError,
+    KeyFileError,
+    ObjectNotFound,
+    RelayError,
+    StoreError,
+    UnsafeObject,
+)
 from wonders.relay import layout
 from wonders.relay._store import Store
 from wonders.relay.records import PING_URL, parse_heartbeat
@@ -96,9 +103,13 @@ async def _survey(mailbox: _Mailbox) -> dict[str, Any]:
         async for key in store.list(layout.HEARTBEATS):
             name = key.removeprefix(layout.HEARTBEATS).removesuffix(".json")
             try:
-                beat = parse_heartbeat(await store.get(key), mailbox.forwarder)
+                beat = parse_heartbeat(
+                    await store.get(key, max_bytes=layout.MAX_HEARTBEAT_BYTES),
+                    mailbox.forwarder)
             except ObjectNotFound:
                 continue
+            except UnsafeObject:
+                beat = None  # not a heartbeat this forwarder key signed
             if beat is None:
                 report["forwarders"].append({"id": name, "state": "bad-signature"})
                 continue
