@@ -60,7 +60,7 @@ from wonders.errors import (
 from wonders.relay._store import check_key, check_prefix
 from wonders.relay._throttle import Throttle
 
-__all__ = ["DIR_MODE", "FILE_MODE", "PRIVATE_MODE", "DirectoryStore"]
+__all__ = ["DIR_MODE", "FILE_MODE", "PRIVATE_MODE", "TOP_DIRS", "DirectoryStore"]
 
 log = logging.getLogger("wonders.store")
 

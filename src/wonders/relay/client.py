@@ -43,6 +43,7 @@ from wonders.errors import (
     ObjectNotFound,
     RelayTimeout,
     StoreError,
+    StorePermissionError,
     UnsafeObject,
 )
 from wonders.relay import layout
@@ -253,13 +254,14 @@ class RelayClient:
         """``call()``, retried while the store fails (ObjectNotFound and ObjectExists are
         answers, not failures) until ``deadline`` (loop time): a mailbox briefly out of
         reach delays a request; for longer, the request times out (504). What the store
-        refuses (an object too large, a planted link or FIFO) is an answer too."""
+        refuses (an object too large, a planted link or FIFO) is an answer too, and so is
+        a permission failure: waiting does not fix it, and its message says what does."""
         loop = asyncio.get_running_loop()
         delay = 0.1
         while True:
             try:
                 return await call()
-            except (ObjectNotFound, ObjectExists, UnsafeObject):
+            except (ObjectNotFound, ObjectExists, UnsafeObject, StorePermissionError):
                 raise
             except StoreError as exc:
                 left = deadline - loop.time()
