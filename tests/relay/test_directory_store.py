@@ -131,3 +131,38 @@ async def test_an_unreadable_client_dir_does_not_hide_the_others(
     warnings = [r for r in caplog.records if "requests/a" in r.getMessage()]
     assert len(warnings) == 1  # once, not at every poll
     assert "Permission denied" in warnings[0].getMessage()
+
+
+async def test_a_planted_maze_of_directories_is_not_entered_past_any_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Directories nested deeper than any key can reach cost neither recursion nor
+    descriptors: listing stops where no key can be."""
+    store = DirectoryStore(tmp_path)
+    await store.put("requests/gpu01/01A/head", b"x")
+    fd = os.open(tmp_path / "requests", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(2000):  # 2000 levels: far past the recursion limit
+            os.mkdir("a", dir_fd=fd)
+            inner = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.close(os.open("head", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+    finally:
+        os.close(fd)
+    assert [k async for k in store.list("requests/")] == ["requests/gpu01/01A/head"]
+    assert any("nested deeper than any object key" in r.getMessage() for r in caplog.records)
+
+
+def test_throttle_says_a_thing_once_per_interval() -> None:
+    from wonders.relay._throttle import Throttle
+
+    now = [0.0]
+    throttle = Throttle(60.0, size=2, clock=lambda: now[0])
+    assert throttle("a")
+    assert not throttle("a")
+    now[0] = 61.0
+    assert throttle("a")
+    assert throttle("b")
+    assert throttle("c")  # "a" is forgotten: the memory is bounded
+    assert throttle("a")

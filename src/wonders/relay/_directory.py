@@ -57,7 +57,7 @@ from wonders.errors import (
     StorePermissionError,
     UnsafeObject,
 )
-from wonders.relay._store import check_key, check_prefix
+from wonders.relay._store import MAX_KEY, check_key, check_prefix
 from wonders.relay._throttle import Throttle
 
 __all__ = ["DIR_MODE", "FILE_MODE", "PRIVATE_MODE", "TOP_DIRS", "DirectoryStore"]
@@ -525,6 +525,9 @@ class DirectoryStore:
                 # start_after (every key below is < key + "/" + ceiling).
                 inside = key + "/"
                 if not (inside.startswith(prefix) or prefix.startswith(inside)):
+                    continue
+                if len(inside) >= MAX_KEY:  # no key is that deep: a planted maze, not entered
+                    self._skip(key, "nested deeper than any object key: remove it")
                     continue
                 if start_after is not None and inside + _KEY_CEILING <= start_after:
                     continue

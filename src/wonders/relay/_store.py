@@ -23,7 +23,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Protocol, Self, runtime_checkable
 
-__all__ = ["Store", "check_key", "check_prefix"]
+__all__ = ["MAX_KEY", "Store", "check_key", "check_prefix"]
 
 #: One segment of a key: plain characters, not starting with a dot (the directory store
 #: keeps its temporary files under dot names, so no key can collide with one).
