@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from wonders.errors import ObjectExists, StoreError
 from wonders.relay import DirectoryStore
+from wonders.relay._store import MAX_KEY
 
 
 async def test_objects_are_plain_files_and_no_temporary_file_is_left(tmp_path: Path) -> None:
@@ -136,13 +138,14 @@ async def test_an_unreadable_client_dir_does_not_hide_the_others(
 async def test_a_planted_maze_of_directories_is_not_entered_past_any_key(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Directories nested deeper than any key can reach cost neither recursion nor
-    descriptors: listing stops where no key can be."""
+    """Directories nested deeper than any key can reach are not entered: a maze costs
+    neither recursion nor descriptors (listing recurses, one descriptor a level)."""
     store = DirectoryStore(tmp_path)
     await store.put("requests/gpu01/01A/head", b"x")
+    levels = MAX_KEY  # "a/" a level: twice as deep as any key reaches
     fd = os.open(tmp_path / "requests", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for _ in range(2000):  # 2000 levels: far past the recursion limit
+        for _ in range(levels):
             os.mkdir("a", dir_fd=fd)
             inner = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)
@@ -150,8 +153,24 @@ async def test_a_planted_maze_of_directories_is_not_entered_past_any_key(
         os.close(os.open("head", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
     finally:
         os.close(fd)
-    assert [k async for k in store.list("requests/")] == ["requests/gpu01/01A/head"]
-    assert any("nested deeper than any object key" in r.getMessage() for r in caplog.records)
+    real_open = os.open
+    depth = [0]
+
+    def counting_open(path: str, flags: int, mode: int = 0o777, *,
+                      dir_fd: int | None = None) -> int:
+        if path == "a":
+            depth[0] += 1
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "open", counting_open)
+            assert [k async for k in store.list("requests/")] == ["requests/gpu01/01A/head"]
+        assert depth[0] <= MAX_KEY // 2
+        assert any("nested deeper than any object key" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        shutil.rmtree(tmp_path / "requests" / "a")  # deep trees trouble later cleanups
 
 
 def test_throttle_says_a_thing_once_per_interval() -> None:
