@@ -128,8 +128,8 @@ class DirectoryStore:
         root = self.root
         return (f"as the owner of the files (or root) run: chgrp -R {group} {root} && "
                 f"chmod -R g+rwX,o-rwx {root} && find {root} -type d -exec chmod g+s {{}} +  "
-                "(every user of the mailbox must be in that group; see 'A directory mailbox "
-                "shared by several users' in the README)")
+                "(every user of the mailbox must be in that group; see 'A shared directory' "
+                "in the README)")
 
     def _error(self, action: str, key: str, exc: OSError) -> StoreError:
         cause = exc.strerror or str(exc)

@@ -49,6 +49,7 @@ from wonders.errors import (
 from wonders.relay import layout
 from wonders.relay._polling import Backoff, wait_event
 from wonders.relay._store import Store
+from wonders.relay._throttle import Throttle
 from wonders.relay.records import Liveness, parse_heartbeat
 
 __all__ = ["RelayClient", "RelayResponse"]
@@ -121,6 +122,7 @@ class RelayClient:
         self._deleting: set[asyncio.Task[None]] = set()
         self._liveness = Liveness(stale_after, skew)
         self._off: float | None = None  # a heartbeat's clock offset, when beyond the skew
+        self._lasting = Throttle()  # permission failures: said once per path
 
     async def __aenter__(self) -> Self:
         return self
@@ -254,14 +256,15 @@ class RelayClient:
         """``call()``, retried while the store fails (ObjectNotFound and ObjectExists are
         answers, not failures) until ``deadline`` (loop time): a mailbox briefly out of
         reach delays a request; for longer, the request times out (504). What the store
-        refuses (an object too large, a planted link or FIFO) is an answer too, and so is
-        a permission failure: waiting does not fix it, and its message says what does."""
+        refuses (an object too large, a planted link or FIFO) is an answer too. A
+        permission failure is retried (someone may fix it) but logged once per path: its
+        message says what to run."""
         loop = asyncio.get_running_loop()
         delay = 0.1
         while True:
             try:
                 return await call()
-            except (ObjectNotFound, ObjectExists, UnsafeObject, StorePermissionError):
+            except (ObjectNotFound, ObjectExists, UnsafeObject):
                 raise
             except StoreError as exc:
                 left = deadline - loop.time()
@@ -269,7 +272,8 @@ class RelayClient:
                     raise RelayTimeout(
                         f"the mailbox stayed out of reach while trying to {what}: {exc}"
                     ) from None
-                log.warning("could not %s, retrying: %s", what, exc)
+                if not isinstance(exc, StorePermissionError) or self._lasting(exc.path):
+                    log.warning("could not %s, retrying: %s", what, exc)
                 await asyncio.sleep(min(delay, left))  # the retry interval
                 delay = min(delay * 2, 2.0)
 

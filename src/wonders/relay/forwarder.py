@@ -395,7 +395,8 @@ class Forwarder:
             try:
                 await self._write_heartbeat()
             except StoreError as exc:
-                log.warning("heartbeat not written: %s", exc)
+                if not isinstance(exc, StorePermissionError) or self._lasting(exc.path):
+                    log.warning("heartbeat not written: %s", exc)
 
     def heartbeat(self) -> Heartbeat:
         return Heartbeat(
