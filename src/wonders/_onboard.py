@@ -3,11 +3,14 @@ entries, edited as text so that the rest of the policy file (and its comments) s
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import click
 
@@ -85,6 +88,68 @@ def init() -> None:
     """Set up a GPU node (client) or a forwarder: keys and a config file."""
 
 
+_GROUP_OPTION = click.option(
+    "--group", help="For a directory mailbox shared by several users: the group that owns it "
+                    "(every user of the mailbox must be in it). The directory is made setgid "
+                    "2770 so everything made inside belongs to the group.")
+
+
+def _mailbox_dir(mailbox: str, group: str | None) -> list[str]:
+    """Prepare a ``file://`` mailbox: make it if missing, give it to ``group`` (setgid,
+    2770, its top-level directories too), refuse one every user may write. Returns what
+    was done, to print; nothing for an S3 mailbox."""
+    from wonders.relay._directory import DIR_MODE, TOP_DIRS
+
+    if urlsplit(mailbox).scheme != "file":
+        if group:
+            raise click.BadParameter("only a directory (file://) mailbox has a group",
+                                     param_hint="--group")
+        return []
+    root = Path(unquote(urlsplit(mailbox).path))
+    gid = -1
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise click.BadParameter(f"no group {group!r} on this host (groupadd {group})",
+                                     param_hint="--group") from None
+    done: list[str] = []
+    if not root.exists():
+        root.mkdir(parents=True, mode=0o700)
+        done.append(f"made {root}")
+    if gid < 0:
+        mode = root.stat().st_mode
+        if mode & stat.S_IWOTH:
+            raise ConfigError(f"mailbox {root} is writable by every user (mode "
+                              f"{stat.S_IMODE(mode):04o}); anyone could plant links and files "
+                              f"in it: run chmod o-rwx {root} (and --group GROUP to share it)")
+        if not done:
+            return []
+        os.chmod(root, 0o700)
+        return [*done, "mode 0700: for this user alone; to share it with other users, run "
+                       "again with --group GROUP"]
+    try:
+        for path in (root, *(root / name for name in TOP_DIRS)):
+            path.mkdir(mode=0o700, exist_ok=True)
+            os.chown(path, -1, gid)
+            os.chmod(path, DIR_MODE)
+    except PermissionError as exc:
+        raise ConfigError(
+            f"cannot give {exc.filename or root} to group {group}: {exc.strerror}; as its "
+            f"owner (or root) run: chgrp -R {group} {root} && chmod -R g+rwX,o-rwx {root} && "
+            f"find {root} -type d -exec chmod g+s {{}} +") from None
+    return [
+        *done,
+        f"{root} and its {', '.join(TOP_DIRS)} directories: group {group}, mode 2770 (setgid: "
+        f"what is made inside belongs to {group}; objects are 0640, audit objects 0600)",
+        f"every user of the mailbox (the forwarder's, each GPU node's job users) must be in "
+        f"group {group}: usermod -aG {group} USER",
+        f"if the mailbox already holds files made by other users, run as root: chgrp -R "
+        f"{group} {root} && chmod -R g+rwX,o-rwx {root} && find {root} -type d -exec chmod "
+        f"g+s {{}} +",
+    ]
+
+
 @init.command("client")
 @click.option("--name", required=True, help="This node's client name, e.g. gpu01.")
 @click.option("--mailbox", required=True, help="s3://BUCKET/PREFIX or file:///SHARED/DIR.")
@@ -95,8 +160,9 @@ def init() -> None:
               default=Path.home() / ".config" / "wonders", show_default=True,
               help="Where to write the key pair and client.toml.")
 @click.option("--force", is_flag=True, help="Replace existing files.")
+@_GROUP_OPTION
 def init_client(name: str, mailbox: str, endpoint: str | None, forwarder_pub: Path | None,
-                directory: Path, force: bool) -> None:
+                directory: Path, force: bool, group: str | None) -> None:
     """Write NAME.key, NAME.pub and client.toml for a GPU node; print the public bundle
     and the next steps."""
     _check_name(name)
@@ -105,6 +171,7 @@ def init_client(name: str, mailbox: str, endpoint: str | None, forwarder_pub: Pa
     config = directory / "client.toml"
     _free([directory / f"{name}.key", directory / f"{name}.pub", config]
           + ([pinned] if forwarder_pub is not None else []), force)
+    prepared = _mailbox_dir(mailbox, group)
     if forwarder_pub is not None:
         bundle = load_public_bundle(forwarder_pub)
         _write_new(pinned, bundle.to_json().decode(), force)
@@ -117,6 +184,8 @@ def init_client(name: str, mailbox: str, endpoint: str | None, forwarder_pub: Pa
     _write_new(config, "\n".join(lines) + "\n", force)
     click.echo(f"wrote {directory / (name + '.key')} (private: it stays on this node), "
                f"{directory / (name + '.pub')} and {config}")
+    for line in prepared:
+        click.echo(f"mailbox: {line}")
     click.echo(f"key id {key.kid}; public bundle:")
     click.echo(key.public.to_json().decode().rstrip())
     click.echo("next:")
@@ -136,14 +205,16 @@ def init_client(name: str, mailbox: str, endpoint: str | None, forwarder_pub: Pa
               default=Path("."), show_default=True,
               help="Where to write the key pair, forwarder.toml and policy.toml.")
 @click.option("--force", is_flag=True, help="Replace existing files (never policy.toml).")
+@_GROUP_OPTION
 def init_forwarder(name: str, mailbox: str, endpoint: str | None, directory: Path,
-                   force: bool) -> None:
+                   force: bool, group: str | None) -> None:
     """Write NAME.key, NAME.pub, forwarder.toml and (if missing) an empty deny-by-default
     policy.toml; print the public bundle and the next steps."""
     _check_name(name)
     _check_mailbox(mailbox, endpoint)
     config = directory / "forwarder.toml"
     _free([directory / f"{name}.key", directory / f"{name}.pub", config], force)
+    prepared = _mailbox_dir(mailbox, group)
     key = _keys(name, directory, force)
     lines = [f"id = {_toml_string(name)}", f"key = {_toml_string(f'{name}.key')}",
              'policy = "policy.toml"', f"mailbox = {_toml_string(mailbox)}"]
@@ -155,6 +226,8 @@ def init_forwarder(name: str, mailbox: str, endpoint: str | None, directory: Pat
         _replace(policy, _POLICY_SKELETON.format(name=name))
     click.echo(f"wrote {directory / (name + '.key')} (private: it stays on this host), "
                f"{directory / (name + '.pub')}, {config} and {policy}")
+    for line in prepared:
+        click.echo(f"mailbox: {line}")
     click.echo(f"key id {key.kid}; public bundle:")
     click.echo(key.public.to_json().decode().rstrip())
     click.echo("next:")

@@ -17,7 +17,14 @@ import click
 
 from wonders._text import human_bytes, table
 from wonders.crypto import PublicBundle, load_private_key, load_public_bundle, request_id_time
-from wonders.errors import ConfigError, KeyFileError, ObjectNotFound, RelayError, StoreError
+from wonders.errors import (
+    ConfigError,
+    KeyFileError,
+    ObjectNotFound,
+    RelayError,
+    StoreError,
+    UnsafeObject,
+)
 from wonders.relay import layout
 from wonders.relay._store import Store
 from wonders.relay.records import PING_URL, Heartbeat, Liveness, parse_heartbeat
@@ -141,10 +148,13 @@ async def _judge_heartbeats(store: Store, signer: PublicBundle) -> list[
         now = time.time()
         for key in waiting:
             try:
-                beat = parse_heartbeat(await store.get(key), signer)
+                beat = parse_heartbeat(
+                    await store.get(key, max_bytes=layout.MAX_HEARTBEAT_BYTES), signer)
             except ObjectNotFound:
                 judged.pop(key, None)
                 continue
+            except UnsafeObject:
+                beat = None  # not a heartbeat this forwarder key signed
             verdict = "bad-signature" if beat is None else liveness.judge(beat, now)
             judged[key] = beat, verdict
     return [(key.removeprefix(layout.HEARTBEATS).removesuffix(".json"), beat,

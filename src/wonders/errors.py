@@ -12,7 +12,10 @@ never leak past it.
     ├── EnvelopeError         a sealed object failed to open; ``reason`` says why
     ├── StoreError            the mailbox (S3 or directory) failed
     │   ├── ObjectNotFound    no object at that key
-    │   └── ObjectExists      a create-only put found the key taken
+    │   ├── ObjectExists      a create-only put found the key taken
+    │   ├── UnsafeObject      refused unread: a symbolic link, a special file, …
+    │   │   └── ObjectTooLarge    … or an object over the caller's size limit
+    │   └── StorePermissionError  the mailbox's permissions forbid it (says what to run)
     ├── RelayError            a relayed request got no usable answer; ``status`` for the app
     │   ├── NoForwarder       no forwarder heartbeat is fresh (503)
     │   └── RelayTimeout      no answer, or the answer stalled, within the deadline (504)
@@ -37,10 +40,13 @@ __all__ = [
     "NoForwarder",
     "ObjectExists",
     "ObjectNotFound",
+    "ObjectTooLarge",
     "PolicyError",
     "RelayError",
     "RelayTimeout",
     "StoreError",
+    "StorePermissionError",
+    "UnsafeObject",
     "WondersError",
 ]
 
@@ -97,6 +103,35 @@ class ObjectNotFound(StoreError):
 
 class ObjectExists(StoreError):
     """A create-only put found an object already stored at the key."""
+
+
+class UnsafeObject(StoreError):
+    """What stands at a key (or on the way to it) is refused without being used: a symbolic
+    link, a special file (FIFO, device, socket), or an object over the caller's size limit.
+    Callers treat it like a malformed object: logged, refused, never retried."""
+
+
+class ObjectTooLarge(UnsafeObject):
+    """An object is larger than the reader's limit; it was refused before being read.
+
+    Attributes:
+        key: the object key.
+        size: its size in bytes, as the store reported it (or as far as it was read).
+        limit: the largest size the reader accepts.
+    """
+
+    def __init__(self, message: str, *, key: str, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.key, self.size, self.limit = key, size, limit
+
+
+class StorePermissionError(StoreError):
+    """The mailbox's permissions forbid an operation; the message names the path and what
+    to run. Retrying does not help until someone runs it, so callers report it once."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class RelayError(WondersError):

@@ -115,7 +115,8 @@ def test_disk_full_and_permission_denied_then_fixed(tmp_path: Path) -> None:
     assert events["before"]["status"] == 200
     assert "No space left on device; free some space" in events["disk-full"]["error"]
     assert events["space-freed"]["status"] == 200
-    assert "Permission denied; check the permissions of" in events["not-writable"]["error"]
+    assert "permission denied on" in events["not-writable"]["error"]
+    assert "chmod -R g+rwX,o-rwx" in events["not-writable"]["error"]  # what to run
     assert events["writable-again"]["status"] == 200
     assert events["forwarder"]["running"] is True
     # three pings were executed, and their records reached the (freed) disk

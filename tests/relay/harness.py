@@ -313,9 +313,9 @@ class WrappedStore:
         self._on("s3:PutObject", key)
         await self.inner.put(key, data, create_only=create_only)
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         self._on("s3:GetObject", key)
-        return await self.inner.get(key)
+        return await self.inner.get(key, max_bytes=max_bytes)
 
     async def stream(self, key: str, *, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         self._on("s3:GetObject", key)

@@ -400,10 +400,10 @@ class _SwappingView:
     def __getattr__(self, name: str) -> object:
         return getattr(self._inner, name)
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         if key.startswith("responses/") and key.endswith("/head"):
             return self._other
-        return await self._inner.get(key)
+        return await self._inner.get(key, max_bytes=max_bytes)
 
 
 async def test_a_swapped_response_is_refused_by_the_client(

@@ -165,3 +165,17 @@ async def test_invalid_keys_are_refused(store: Store, key: str) -> None:
 async def test_check_passes_on_a_usable_store(store: Store) -> None:
     await store.check()
     await store.check("requests/gpu01/")
+
+
+async def test_get_with_a_size_limit(store: Store) -> None:
+    from wonders.errors import ObjectTooLarge
+
+    await store.put("sized", b"0123456789")
+    assert await store.get("sized", max_bytes=10) == b"0123456789"
+    with pytest.raises(ObjectTooLarge, match=r"sized is 10 bytes, over the 9-byte limit") as info:
+        await store.get("sized", max_bytes=9)
+    assert (info.value.key, info.value.size, info.value.limit) == ("sized", 10, 9)
+    await store.put("nothing", b"")
+    assert await store.get("nothing", max_bytes=0) == b""
+    with pytest.raises(ObjectNotFound):
+        await store.get("missing", max_bytes=10)

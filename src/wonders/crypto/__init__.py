@@ -6,7 +6,10 @@ writing key files (:func:`load_private_key`, :func:`write_key_files`, …).
 
 from wonders.crypto._envelope import (
     MAGIC,
+    MAX_HEAD_OBJECT,
+    MAX_INLINE,
     MAX_SEGMENT,
+    MAX_SEGMENT_OBJECT,
     PROTOCOL_VERSION,
     BodyOpener,
     BodySealer,
@@ -38,7 +41,10 @@ from wonders.crypto._keys import (
 
 __all__ = [
     "MAGIC",
+    "MAX_HEAD_OBJECT",
+    "MAX_INLINE",
     "MAX_SEGMENT",
+    "MAX_SEGMENT_OBJECT",
     "PROTOCOL_VERSION",
     "BodyOpener",
     "BodySealer",

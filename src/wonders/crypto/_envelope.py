@@ -47,7 +47,10 @@ from wonders.errors import EnvelopeError
 
 __all__ = [
     "MAGIC",
+    "MAX_HEAD_OBJECT",
+    "MAX_INLINE",
     "MAX_SEGMENT",
+    "MAX_SEGMENT_OBJECT",
     "PROTOCOL_VERSION",
     "BodyOpener",
     "BodySealer",
@@ -82,6 +85,16 @@ _TAG = 16
 _SIG = 64
 _FLAG_DATA: Final = 0x00
 _FLAG_FINAL: Final = 0x01
+#: Stored sizes, which a reader checks before it reads an object (``Store.get(max_bytes=)``).
+#: The protocol lets an inline body be any length; wonders inlines at most MAX_INLINE bytes
+#: (more is streamed), and a reader refuses a head object larger than that allows.
+MAX_INLINE: Final = MAX_SEGMENT
+#: A stored body segment: flag, ciphertext of at most MAX_SEGMENT bytes, tag.
+MAX_SEGMENT_OBJECT: Final = 1 + MAX_SEGMENT + _TAG
+#: A stored head: the fixed part, LEN, the sealed head, and an inline body of at most
+#: MAX_INLINE bytes (one framed data segment and the framed trailer).
+MAX_HEAD_OBJECT: Final = (_FIXED + 4 + MAX_HEAD + _TAG + 4 + MAX_SEGMENT_OBJECT
+                          + 4 + 1 + MAX_TRAILER + _TAG)
 _HEAD_SIG_DOMAIN: Final = b"wonders1 head\x00"
 _TRAILER_SIG_DOMAIN: Final = b"wonders1 trailer\x00"
 _KEYS_INFO: Final = b"wonders1 keys"

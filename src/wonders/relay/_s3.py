@@ -12,6 +12,11 @@ points at MinIO and other servers, ``path_style`` forces path addressing.
   object is read back: if it holds our bytes, the put succeeded.
 - A bucket policy without ``s3:ListBucket`` makes S3 answer 403 ``AccessDenied`` for a
   missing key; reads map that to :class:`ObjectNotFound` and say so in the message.
+- ``get(max_bytes=…)`` refuses an object whose ``Content-Length`` is over the limit
+  before reading its body, and never reads more than the limit + 1 bytes.
+- ``list`` reports only keys that are valid object keys: anyone who may write under a
+  prefix can give an object any name, and a name wonders cannot use is not one of its
+  objects.
 - botocore and aiohttp errors are converted here, into one line that names the endpoint,
   the bucket and the cause.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn, Self
 
@@ -35,10 +41,14 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from wonders.errors import ObjectExists, ObjectNotFound, StoreError
+from wonders.errors import ObjectExists, ObjectNotFound, ObjectTooLarge, StoreError
 from wonders.relay._store import check_key, check_prefix
+from wonders.relay._throttle import Throttle
 
 __all__ = ["S3Store"]
+
+log = logging.getLogger("wonders.store")
+_CHUNK = 1 << 20
 
 _CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
@@ -94,6 +104,7 @@ class S3Store:
         self._client: Any = None
         self._exit: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
+        self._skipped = Throttle(3600.0)
 
     @property
     def url(self) -> str:
@@ -213,8 +224,10 @@ class S3Store:
         try:
             response = await s3.get_object(Bucket=self.bucket, Key=full)
             async with response["Body"] as body:
-                return bool(await body.read() == data)
-        except ClientError:
+                if int(response.get("ContentLength", len(data))) != len(data):
+                    return False
+                return bool(await self._read(body, full, len(data)) == data)
+        except (ClientError, ObjectTooLarge):
             return False
 
     async def delete(self, key: str) -> None:
@@ -225,14 +238,38 @@ class S3Store:
 
     # ----------------------------------------------------------------------- read
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         full = self.prefix + check_key(key)
         s3 = await self._s3()
         with self._mapped("read", key, missing=True):
             response = await s3.get_object(Bucket=self.bucket, Key=full, ChecksumMode="ENABLED")
-            async with response["Body"] as body:
-                data: bytes = await body.read()
-                return data
+            async with response["Body"] as body:  # leaving it unread closes the connection
+                if max_bytes is None:
+                    data: bytes = await body.read()
+                    return data
+                size = int(response.get("ContentLength") or 0)
+                if size > max_bytes:
+                    raise self._too_large(key, size, max_bytes)
+                return await self._read(body, key, max_bytes)
+
+    def _too_large(self, key: str, size: int, limit: int) -> ObjectTooLarge:
+        return ObjectTooLarge(
+            f"{self._where}: {key} is {size} bytes, over the {limit}-byte limit for it; "
+            "refused unread", key=key, size=size, limit=limit)
+
+    async def _read(self, body: Any, key: str, max_bytes: int) -> bytes:
+        """At most ``max_bytes + 1`` bytes of ``body``, whatever its stated length."""
+        pieces: list[bytes] = []
+        total = 0
+        while total <= max_bytes:
+            piece: bytes = await body.read(min(_CHUNK, max_bytes + 1 - total))
+            if not piece:
+                break
+            pieces.append(piece)
+            total += len(piece)
+        if total > max_bytes:
+            raise self._too_large(key, total, max_bytes)
+        return b"".join(pieces)
 
     async def stream(self, key: str, *, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         full = self.prefix + check_key(key)
@@ -267,7 +304,15 @@ class S3Store:
             with self._mapped("list", prefix or "/"):
                 page = await s3.list_objects_v2(**kwargs)
             for item in page.get("Contents", ()):
-                yield item["Key"][len(self.prefix) :]
+                key = item["Key"][len(self.prefix) :]
+                try:
+                    check_key(key)
+                except ValueError:
+                    if self._skipped(key):
+                        log.warning("%s: ignoring object %r: not a valid object key (letters, "
+                                    "digits, '.', '_', '-' only)", self.url, key)
+                    continue
+                yield key
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return

@@ -6,8 +6,10 @@ directory) give the same semantics, checked by one contract suite:
 - ``put`` publishes atomically: a reader sees the whole object or nothing;
   ``create_only=True`` fails with :class:`~wonders.errors.ObjectExists` if the key is taken
   (an S3 conditional write, or a hard link in a directory);
-- ``get`` raises :class:`~wonders.errors.ObjectNotFound` for a missing key; ``stream``
-  yields an object in pieces, for large ones;
+- ``get`` raises :class:`~wonders.errors.ObjectNotFound` for a missing key, and
+  :class:`~wonders.errors.ObjectTooLarge` for an object over ``max_bytes``, before reading
+  it (never more than ``max_bytes + 1`` bytes are read, whatever the object's stated size);
+  ``stream`` yields an object in pieces, for large ones;
 - ``list`` yields keys that start with a prefix, in ascending (byte) order, after
   ``start_after`` if given;
 - ``delete`` is idempotent.
@@ -21,7 +23,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Protocol, Self, runtime_checkable
 
-__all__ = ["Store", "check_key", "check_prefix"]
+__all__ = ["MAX_KEY", "Store", "check_key", "check_prefix"]
 
 #: One segment of a key: plain characters, not starting with a dot (the directory store
 #: keeps its temporary files under dot names, so no key can collide with one).
@@ -60,7 +62,7 @@ class Store(Protocol):
 
     async def put(self, key: str, data: bytes, *, create_only: bool = False) -> None: ...
 
-    async def get(self, key: str) -> bytes: ...
+    async def get(self, key: str, *, max_bytes: int | None = None) -> bytes: ...
 
     def stream(self, key: str, *, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]: ...
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Self, TypeVar
 
 from wonders.crypto import (
+    MAX_INLINE,
     MAX_SEGMENT,
     BodyOpener,
     Headers,
@@ -35,10 +36,20 @@ from wonders.crypto import (
     open_response,
     seal_request,
 )
-from wonders.errors import NoForwarder, ObjectExists, ObjectNotFound, RelayTimeout, StoreError
+from wonders.errors import (
+    EnvelopeError,
+    NoForwarder,
+    ObjectExists,
+    ObjectNotFound,
+    RelayTimeout,
+    StoreError,
+    StorePermissionError,
+    UnsafeObject,
+)
 from wonders.relay import layout
 from wonders.relay._polling import Backoff, wait_event
 from wonders.relay._store import Store
+from wonders.relay._throttle import Throttle
 from wonders.relay._watch import watch
 from wonders.relay.records import Liveness, parse_heartbeat
 
@@ -98,7 +109,7 @@ class RelayClient:
         self.forwarder = forwarder
         self.clock = clock
         self.lifetime = lifetime
-        self.inline_limit = inline_limit
+        self.inline_limit = min(inline_limit, MAX_INLINE)  # a forwarder reads no larger head
         self.segment_size = min(segment_size, MAX_SEGMENT)
         self.stale_after = stale_after
         self.heartbeat_check = heartbeat_check
@@ -113,6 +124,7 @@ class RelayClient:
         self._deleting: set[asyncio.Task[None]] = set()
         self._liveness = Liveness(stale_after, skew)
         self._off: float | None = None  # a heartbeat's clock offset, when beyond the skew
+        self._lasting = Throttle()  # permission failures: said once per path
 
     async def __aenter__(self) -> Self:
         return self
@@ -159,8 +171,10 @@ class RelayClient:
             self._off = None
             async for key in self.store.list(layout.HEARTBEATS):
                 try:
-                    beat = parse_heartbeat(await self.store.get(key), self.forwarder)
-                except ObjectNotFound:
+                    beat = parse_heartbeat(
+                        await self.store.get(key, max_bytes=layout.MAX_HEARTBEAT_BYTES),
+                        self.forwarder)
+                except (ObjectNotFound, UnsafeObject):
                     continue
                 if beat is None:
                     continue
@@ -252,13 +266,16 @@ class RelayClient:
                          ) -> _T:
         """``call()``, retried while the store fails (ObjectNotFound and ObjectExists are
         answers, not failures) until ``deadline`` (loop time): a mailbox briefly out of
-        reach delays a request; for longer, the request times out (504)."""
+        reach delays a request; for longer, the request times out (504). What the store
+        refuses (an object too large, a planted link or FIFO) is an answer too. A
+        permission failure is retried (someone may fix it) but logged once per path: its
+        message says what to run."""
         loop = asyncio.get_running_loop()
         delay = 0.1
         while True:
             try:
                 return await call()
-            except (ObjectNotFound, ObjectExists):
+            except (ObjectNotFound, ObjectExists, UnsafeObject):
                 raise
             except StoreError as exc:
                 left = deadline - loop.time()
@@ -266,7 +283,8 @@ class RelayClient:
                     raise RelayTimeout(
                         f"the mailbox stayed out of reach while trying to {what}: {exc}"
                     ) from None
-                log.warning("could not %s, retrying: %s", what, exc)
+                if not isinstance(exc, StorePermissionError) or self._lasting(exc.path):
+                    log.warning("could not %s, retrying: %s", what, exc)
                 await asyncio.sleep(min(delay, left))  # the retry interval
                 delay = min(delay * 2, 2.0)
 
@@ -334,8 +352,9 @@ class RelayClient:
             deadline = loop.time() + timeout
             response_head = layout.head_key("responses", self.key.name, request_id)
             await self._wait_for(waiter, response_head, deadline, "response")
-            data = await self._patiently(deadline, f"read {response_head}",
-                                         lambda: self.store.get(response_head))
+            data = await _read(self._patiently(
+                deadline, f"read {response_head}",
+                lambda: self.store.get(response_head, max_bytes=layout.MAX_HEAD_BYTES)))
             opened = open_response(
                 data, recipient=self.key, forwarder=self.forwarder, request=sealed,
                 now=self.clock(),
@@ -369,6 +388,15 @@ class RelayClient:
                 await self.store.delete(key)
         except StoreError as exc:
             log.warning("could not clean up request %s: %s", waiter.request_id, exc)
+
+
+async def _read(reading: Awaitable[bytes]) -> bytes:
+    """A response object's bytes; one the store refuses to read (too large, or not a
+    file) is a malformed response, as one that fails to open is."""
+    try:
+        return await reading
+    except UnsafeObject as exc:
+        raise EnvelopeError("malformed", str(exc)) from None
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
@@ -414,8 +442,9 @@ class RelayResponse:
             key = layout.body_key("responses", name, self.id, index)
             deadline = loop.time() + self._idle_timeout
             await client._wait_for(self._waiter, key, deadline, f"body segment {index}")
-            plain = opener.feed(await client._patiently(
-                deadline, f"read {key}", functools.partial(client.store.get, key)))
+            plain = opener.feed(await _read(client._patiently(
+                deadline, f"read {key}", functools.partial(
+                    client.store.get, key, max_bytes=layout.MAX_SEGMENT_BYTES))))
             index += 1
             # Read segments go at once (in the background), so the response prefix the
             # poller lists holds only what is still to be read, however long the body.

@@ -53,6 +53,7 @@ import aiohttp
 
 from wonders import __version__
 from wonders.crypto import (
+    MAX_INLINE,
     Headers,
     OpenedRequest,
     PrivateKey,
@@ -62,10 +63,18 @@ from wonders.crypto import (
     request_id_time,
     seal_response,
 )
-from wonders.errors import EnvelopeError, ObjectExists, ObjectNotFound, StoreError
+from wonders.errors import (
+    EnvelopeError,
+    ObjectExists,
+    ObjectNotFound,
+    StoreError,
+    StorePermissionError,
+    UnsafeObject,
+)
 from wonders.relay import layout
 from wonders.relay._polling import Backoff, wait_event
 from wonders.relay._store import Store
+from wonders.relay._throttle import Throttle
 from wonders.relay._watch import watch
 from wonders.relay.audit import (
     AuditWriter,
@@ -317,6 +326,7 @@ class Forwarder:
         )
         self._keep_query = audit_keep_query
         self._blocked = False
+        self._lasting = Throttle()  # permission failures and planted objects: said once
         self.metrics = metrics
         if metrics is not None:
             metrics.watch(lambda: self.in_flight, lambda: self.audit.waiting,
@@ -419,7 +429,8 @@ class Forwarder:
             try:
                 await self._write_heartbeat()
             except StoreError as exc:
-                log.warning("heartbeat not written: %s", exc)
+                if not isinstance(exc, StorePermissionError) or self._lasting(exc.path):
+                    log.warning("heartbeat not written: %s", exc)
 
     def heartbeat(self) -> Heartbeat:
         return Heartbeat(
@@ -451,7 +462,9 @@ class Forwarder:
                 try:
                     heads = [p async for p in self._list_heads()]
                 except StoreError as exc:
-                    log.warning("polling failed: %s", exc)
+                    if not isinstance(exc, StorePermissionError | UnsafeObject) \
+                            or self._lasting(str(exc)):
+                        log.warning("polling failed: %s", exc)
                     await wait_event(self._stopping, self._backoff.next())
                     continue
                 self._backlog = {p.request_id: p for p in heads
@@ -515,13 +528,21 @@ class Forwarder:
         client, rid = parsed.client, parsed.request_id
         # The head is read while the claim is made: one round trip less before the
         # request goes out (a lost race costs one GET).
-        head = asyncio.create_task(self.store.get(layout.head_key("requests", client, rid)))
+        head = asyncio.create_task(self.store.get(layout.head_key("requests", client, rid),
+                                                  max_bytes=layout.MAX_HEAD_BYTES))
         try:
             attempt = await self._claim(client, rid)
             if attempt is None:
                 return
             self._recheck.pop(rid, None)
             await self._handle(client, rid, attempt, head)
+        except (StorePermissionError, UnsafeObject) as exc:
+            # Retrying every second cannot help until someone fixes the permissions or
+            # removes what was planted: say so once (the message has the fix), and look
+            # again now and then.
+            if self._lasting(exc.path if isinstance(exc, StorePermissionError) else str(exc)):
+                log.error("request %s from %s: %s", rid, client, exc)
+            self._recheck[rid] = self.clock() + self.settings.stale_after
         except StoreError as exc:
             log.warning("request %s from %s: store error: %s", rid, client, exc)
             self._recheck[rid] = self.clock() + 1.0
@@ -556,8 +577,8 @@ class Forwarder:
         attempts = sorted(k for k in keys if not k.endswith("/done"))
         latest = attempts[-1] if attempts else layout.claim_key(rid, 0)
         try:
-            held = parse_claim(await self.store.get(latest))
-        except ObjectNotFound:
+            held = parse_claim(await self.store.get(latest, max_bytes=layout.MAX_CLAIM_BYTES))
+        except (ObjectNotFound, UnsafeObject):  # junk: as parse_claim, treated as stale
             held = None
         if held is not None and not await self._stale(held):
             self._recheck[rid] = now + self.settings.stale_after / 2
@@ -579,8 +600,9 @@ class Forwarder:
             # ours is left from an earlier task that ended without answering.
             return True
         try:
-            data = await self.store.get(layout.heartbeat_key(claim.forwarder))
-        except (ObjectNotFound, ValueError):
+            data = await self.store.get(layout.heartbeat_key(claim.forwarder),
+                                        max_bytes=layout.MAX_HEARTBEAT_BYTES)
+        except (ObjectNotFound, ValueError, UnsafeObject):
             return now - claim.claimed > self.settings.stale_after
         beat = parse_heartbeat(data, self.key.public)
         if beat is None:
@@ -636,6 +658,12 @@ class Forwarder:
             data = await fetched
         except ObjectNotFound:
             outcome.nothing = True
+            return None
+        except UnsafeObject as exc:  # too large, or not a file: unauthenticated junk
+            self.counters.rejected += 1
+            outcome.decision, outcome.error = "rejected", "malformed"
+            log.warning("request %s in %s's mailbox removed: %s", rid, client, exc)
+            await self._delete_request(client, rid)
             return None
         kwargs = dict(recipient=self.key, senders=self._policy.sender, now=self.clock(),
                       skew=self.settings.skew, expected_id=rid,
@@ -864,7 +892,7 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         segmenter = Segmenter(
             now=loop.time(), segment_size=settings.segment_size,
-            inline_limit=settings.inline_limit, limit=limit,
+            inline_limit=min(settings.inline_limit, MAX_INLINE), limit=limit,
             delay=flush_delay_for(head.headers, bulk=settings.flush_delay,
                                   stream=settings.stream_flush_delay),
             limit_message=f"response body over {limit} bytes (max_response_bytes of "
@@ -927,10 +955,12 @@ class Forwarder:
         while not opener.done:
             key = layout.body_key("requests", client, request.id, index)
             try:
-                plain = opener.feed(await self.store.get(key))
+                plain = opener.feed(await self.store.get(key, max_bytes=layout.MAX_SEGMENT_BYTES))
             except ObjectNotFound:
                 opener.close()  # raises truncated
                 raise
+            except UnsafeObject as exc:
+                raise EnvelopeError("malformed", str(exc)) from None
             index += 1
             total += len(plain)
             if limit is not None and total > limit:

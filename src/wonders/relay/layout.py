@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Final, Literal
 
-from wonders.crypto import check_name
+from wonders.crypto import MAX_HEAD_OBJECT, MAX_SEGMENT_OBJECT, check_name
 from wonders.crypto._ids import ID_PATTERN
 
 REQUESTS: Final = "requests/"
@@ -33,6 +33,16 @@ AUDIT: Final = "audit/"
 AUDIT_HEADS: Final = "audit/head/"
 HEARTBEATS: Final = "status/forwarders/"
 _DIGITS = 8
+
+#: The largest object of each kind a reader accepts: ``Store.get(key, max_bytes=…)`` refuses
+#: a larger one before reading it (a 3 GiB "head" must not cost 3 GiB of memory).
+MAX_HEAD_BYTES: Final = MAX_HEAD_OBJECT  # request and response heads, inline body included
+MAX_SEGMENT_BYTES: Final = MAX_SEGMENT_OBJECT  # one stored body segment
+MAX_CLAIM_BYTES: Final = 4096
+MAX_HEARTBEAT_BYTES: Final = 64 * 1024
+MAX_AUDIT_HEAD_BYTES: Final = 64 * 1024
+#: The audit writer cuts batches so that none is larger (see AuditWriter).
+MAX_AUDIT_BATCH_BYTES: Final = 64 * 1024 * 1024
 _SEQ_DIGITS = 12
 
 Direction = Literal["requests", "responses"]
