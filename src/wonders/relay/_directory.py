@@ -16,6 +16,7 @@ import asyncio
 import builtins
 import errno
 import functools
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -24,13 +25,15 @@ from pathlib import Path
 from typing import IO, Self, TypeVar
 
 from wonders.errors import ObjectExists, ObjectNotFound, StoreError
-from wonders.relay._store import check_key, check_prefix
+from wonders.relay._store import OddKeys, check_key, check_prefix, is_key
 
 __all__ = ["DirectoryStore"]
 
 _T = TypeVar("_T")
 _TMP = ".tmp-"
 _KEY_CEILING = "\x7f"  # above every character a key may hold
+
+log = logging.getLogger("wonders.store")
 
 
 class DirectoryStore:
@@ -39,6 +42,7 @@ class DirectoryStore:
     def __init__(self, root: str | os.PathLike[str], *, threads: int = 32) -> None:
         self.root = Path(root).absolute()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wonders-dir")
+        self._odd = OddKeys(log)
 
     async def _io(self, fn: Callable[..., _T], *args: object) -> _T:
         loop = asyncio.get_running_loop()
@@ -182,7 +186,10 @@ class DirectoryStore:
         except OSError as exc:
             raise self._error("list", prefix or "/", exc) from None
         for key in keys:
-            yield key
+            if is_key(key):
+                yield key
+            else:  # someone who may write here made it: skip it, never raise
+                self._odd.report(key, f"{self.url}: not a valid object key; skipped")
 
     def _list(self, prefix: str, start_after: str | None) -> builtins.list[str]:
         top = prefix.rpartition("/")[0]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn, Self
 
@@ -36,7 +37,7 @@ from botocore.exceptions import (
 )
 
 from wonders.errors import ObjectExists, ObjectNotFound, StoreError
-from wonders.relay._store import check_key, check_prefix
+from wonders.relay._store import OddKeys, check_key, check_prefix, is_key
 
 __all__ = ["S3Store"]
 
@@ -45,6 +46,8 @@ _CREDENTIAL_CODES = frozenset(
      "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+log = logging.getLogger("wonders.store")
 
 
 def _code(exc: ClientError) -> str:
@@ -89,6 +92,7 @@ class S3Store:
         self._client: Any = None
         self._exit: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
+        self._odd = OddKeys(log)
 
     @property
     def url(self) -> str:
@@ -262,7 +266,11 @@ class S3Store:
             with self._mapped("list", prefix or "/"):
                 page = await s3.list_objects_v2(**kwargs)
             for item in page.get("Contents", ()):
-                yield item["Key"][len(self.prefix) :]
+                key = item["Key"][len(self.prefix) :]
+                if is_key(key):
+                    yield key
+                else:  # a client may name an object in its prefix anything: skip, never raise
+                    self._odd.report(key, f"{self.url}: not a valid object key; skipped")
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
