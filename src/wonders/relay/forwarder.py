@@ -62,10 +62,10 @@ from wonders.crypto import (
     request_id_time,
     seal_response,
 )
-from wonders.errors import EnvelopeError, ObjectExists, ObjectNotFound, StoreError
+from wonders.errors import EnvelopeError, ObjectExists, ObjectNotFound, StoreError, WondersError
 from wonders.relay import layout
 from wonders.relay._polling import Backoff, wait_event
-from wonders.relay._store import Store
+from wonders.relay._store import OddKeys, Store
 from wonders.relay.audit import AuditWriter, iso_time, redact_headers, redact_target
 from wonders.relay.layout import EnvelopeKey
 from wonders.relay.metrics import Metrics
@@ -90,7 +90,7 @@ from wonders.relay.segmenter import (
 )
 from wonders.relay.upstream import AddressDenied, Upstream, response_headers, strip_hop_by_hop
 
-__all__ = ["Forwarder", "ForwarderSettings"]
+__all__ = ["Forwarder", "ForwarderFailed", "ForwarderSettings"]
 
 log = logging.getLogger("wonders.forwarder")
 
@@ -98,6 +98,12 @@ log = logging.getLogger("wonders.forwarder")
 _LIST_RATE = 1000.0
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class ForwarderFailed(WondersError):
+    """A part of the forwarder that must run for as long as it serves (the heartbeat, the
+    janitor, the audit writer, the poll loop) stopped unexpectedly: the forwarder stopped
+    rather than go on half working. ``wonders forward`` exits with status 1."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +119,11 @@ class ForwarderSettings:
     skew: float = 300.0
     response_lifetime: float = 300.0
     segment_size: int = 4 * 1024 * 1024
+    #: Flow control: at most this many response segments of one response wait unread in
+    #: the mailbox. The next one is stored once the client has read (and deleted) the
+    #: oldest; meanwhile the upstream is not read, so TCP backpressure reaches the server.
+    #: A client that reads nothing for ``read_timeout`` ends its response there.
+    max_unread_segments: int = 4
     #: The longest a response byte waits in the forwarder before it is sent (counted from
     #: the oldest byte waiting, so a steady stream flows); event streams use the shorter
     #: ``stream_flush_delay``. See :mod:`wonders.relay.segmenter`.
@@ -301,6 +312,9 @@ class Forwarder:
         )
         self._keep_query = audit_keep_query
         self._blocked = False
+        self._failure: tuple[str, BaseException] | None = None
+        #: Odd object names (not this protocol's keys), reported once each, left in place.
+        self._odd = OddKeys(log)
         self.metrics = metrics
         if metrics is not None:
             metrics.watch(lambda: self.in_flight, lambda: self.audit.waiting,
@@ -330,27 +344,67 @@ class Forwarder:
         return len(self._active)
 
     async def run(self) -> None:
-        """Serve until :meth:`stop`; then finish in-flight work and clean up."""
+        """Serve until :meth:`stop`; then finish in-flight work and clean up.
+
+        Raises :class:`ForwarderFailed` if a background task (heartbeat, janitor, audit
+        writer) or the poll loop ended unexpectedly: the forwarder then stops taking
+        requests, finishes those in flight (up to the grace period) and cleans up, rather
+        than go on half working (say, answering without an audit log, or unseen by clients
+        without its heartbeat)."""
         await self.audit.open()
-        audit = asyncio.create_task(self.audit.run(), name="wonders-audit")
-        heartbeat = asyncio.create_task(self._heartbeats(), name="wonders-heartbeat")
-        janitor = asyncio.create_task(self._janitor(), name="wonders-janitor")
+        background = [
+            asyncio.create_task(self.audit.run(), name="audit writer"),
+            asyncio.create_task(self._heartbeats(), name="heartbeat"),
+            asyncio.create_task(self._janitor(), name="janitor"),
+        ]
+        for task in background:
+            task.add_done_callback(self._background_ended)
         try:
             await self._write_heartbeat()
             self.ready.set()
-            await self._poll()
+            try:
+                await self._poll()
+            except Exception as failure:
+                self._fail("poll loop", failure)
             await self._drain()
         finally:
-            for task in (heartbeat, janitor, audit):
+            for task in background:
+                task.remove_done_callback(self._background_ended)
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.wait(background)
+            for task in background:  # one may have failed just before it was cancelled
+                if not task.cancelled() and task.exception() is not None:
+                    self._background_ended(task)
             try:
                 await self.audit.close(self.settings.grace)
+            except Exception as failure:  # its store failed in an unexpected way
+                self._fail("audit writer", failure)
             finally:
                 with contextlib.suppress(StoreError):
                     await self.store.delete(layout.heartbeat_key(self.settings.id))
                 await self._upstream.close()
+        if self._failure is not None:
+            what, exc = self._failure
+            raise ForwarderFailed(
+                f"forwarder {self.settings.id} stopped: its {what} failed: "
+                f"{type(exc).__name__}: {exc}") from exc
+
+    def _background_ended(self, task: asyncio.Task[None]) -> None:
+        """A background task ended while the forwarder runs: that is always a failure."""
+        if task.cancelled():
+            exc: BaseException = RuntimeError("cancelled")
+        else:
+            exc = task.exception() or RuntimeError("returned")
+        self._fail(task.get_name(), exc)
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        """Stop, loudly: one error line naming the part and the exception."""
+        if self._failure is None:
+            self._failure = (what, exc)
+            log.error("%s failed: %s: %s; stopping the forwarder", what, type(exc).__name__,
+                      exc)
+            log.debug("%s failed", what, exc_info=exc)
+        self.stop()
 
     async def _drain(self) -> None:
         tasks = list(self._active.values())
@@ -376,7 +430,10 @@ class Forwarder:
 
     async def sweep(self) -> int:
         """Delete what outlived its expiry: claims of requests that can no longer open,
-        unclaimed requests and unread responses. Returns how many objects went."""
+        unclaimed requests and unread responses. Returns how many objects went.
+
+        Only this protocol's own keys are deleted; any other object (a name someone made
+        up) is logged once and left in place."""
         now = self.clock()
         horizon = self.settings.max_request_lifetime + self.settings.skew
         unread = horizon + self.settings.response_lifetime
@@ -385,7 +442,9 @@ class Forwarder:
                               (layout.RESPONSES, unread)):
             keys = [k async for k in self.store.list(prefix)]
             for key in keys:
-                request_id = _request_id_in(key)
+                request_id = self._own_request_id(key)
+                if request_id is None:
+                    continue
                 try:
                     age = now - request_id_time(request_id)
                 except ValueError:
@@ -394,6 +453,19 @@ class Forwarder:
                     await self.store.delete(key)
                     removed += 1
         return removed
+
+    def _own_request_id(self, key: str) -> str | None:
+        """The request id of a claim or envelope key; None (reported once) for others."""
+        if key.startswith(layout.CLAIMS):
+            claim = layout.parse_claim_key(key)
+            if claim is not None:
+                return claim[0]
+        else:
+            parsed = layout.parse_envelope_key(key)
+            if parsed is not None:
+                return parsed.request_id
+        self._odd.report(key, "not a wonders object key")
+        return None
 
     async def _heartbeats(self) -> None:
         while True:
@@ -481,14 +553,14 @@ class Forwarder:
         self._wake.set()
 
     async def _list_heads(self) -> AsyncIterator[EnvelopeKey]:
+        """Request heads waiting. Anything else under ``requests/`` that is not a body
+        segment is reported once and left in place: a client may write anything into its
+        own prefix, and nothing it writes may stop (or steer) the forwarder."""
         async for key in self.store.list(layout.REQUESTS):
             parsed = layout.parse_envelope_key(key)
             if parsed is None:
-                if key.endswith("/head") or key.count("/") < 3:
-                    log.warning("junk object %s removed", key)
-                    await self.store.delete(key)
-                continue
-            if parsed.index is None:
+                self._odd.report(key, "not a wonders request key")
+            elif parsed.index is None:
                 yield parsed
 
     # -------------------------------------------------------------------- claims
@@ -531,7 +603,8 @@ class Forwarder:
             # stale, so only look closer if the request is still here later.
             self._recheck[rid] = now + self.settings.stale_after / 2
             return None
-        keys = [k async for k in self.store.list(layout.claim_prefix(rid))]
+        keys = [k async for k in self.store.list(layout.claim_prefix(rid))
+                if layout.parse_claim_key(k) is not None]
         if layout.done_key(rid) in keys:
             await self._delete_request(client, rid)  # answered: only leftovers remain
             return None
@@ -916,7 +989,8 @@ class Forwarder:
         until the janitor's turn."""
         if streamed:
             prefix = layout.envelope_prefix("requests", client, rid)
-            keys = [k async for k in self.store.list(prefix)]
+            keys = [k async for k in self.store.list(prefix)
+                    if layout.parse_envelope_key(k) is not None]
         else:
             keys = [layout.head_key("requests", client, rid)]
         for key in keys:
@@ -968,13 +1042,6 @@ class Forwarder:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(max(0.0, seconds) * 1000, 1)
-
-
-def _request_id_in(key: str) -> str:
-    """The request id in ``claims/<id>/…`` or ``requests|responses/<client>/<id>/…``."""
-    parts = key.split("/")
-    index = 1 if parts[0] == layout.CLAIMS.rstrip("/") else 2
-    return parts[index] if len(parts) > index else ""
 
 
 def _fair(heads: list[EnvelopeKey]) -> list[EnvelopeKey]:
