@@ -187,8 +187,22 @@ class _ErrorReply(Exception):
         self.status, self.code, self.message, self.extra = status, code, message, extra
 
 
+class _NoRoom(Exception):
+    """The client did not make room for the next segment in time: the response ends here
+    (no error trailer can be stored without a free slot)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class _ResponseWriter:
-    """Seals and stores one response: inline, or a head followed by segments."""
+    """Seals and stores one response: inline, or a head followed by segments.
+
+    Flow control: at most ``max_unread_segments`` (W) segments wait unread. Segment n >= W
+    is stored only once segment n - W is gone (the client deletes each segment it read),
+    polled with a backoff; a client that frees no slot for ``read_timeout`` (or past
+    ``deadline``) ends the response with :class:`_NoRoom`."""
 
     def __init__(self, forwarder: Forwarder, request: OpenedRequest, client: str) -> None:
         self._fwd = forwarder
@@ -196,8 +210,15 @@ class _ResponseWriter:
         self._client = client
         self._sealed: Sealed | None = None
         self._index = 0
+        self._gone = -1  # the highest segment index known read (and deleted) by the client
+        #: Loop time after which no more waiting for room (the total timeout).
+        self.deadline = float("inf")
         self.bytes = 0
         self.sha256: bytes | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self._request.id
 
     def _head_key(self) -> str:
         return layout.head_key("responses", self._client, self._request.id)
@@ -233,9 +254,35 @@ class _ResponseWriter:
         self.sha256 = self._sealed.body.sha256
 
     async def _put(self, segment: bytes) -> None:
+        await self._room(self._index)
         key = layout.body_key("responses", self._client, self._request.id, self._index)
         await self._fwd.store.put(key, segment)
         self._index += 1
+
+    async def _room(self, index: int) -> None:
+        """Wait until segment ``index`` may be stored: until segment ``index - W`` is gone.
+
+        Meanwhile nothing reads the upstream (the pump waits here, the reader's queue is
+        bounded), so TCP backpressure holds the server back."""
+        settings = self._fwd.settings
+        oldest = index - settings.max_unread_segments
+        if oldest <= self._gone:
+            return
+        key = layout.body_key("responses", self._client, self._request.id, oldest)
+        loop = asyncio.get_running_loop()
+        until = min(loop.time() + settings.read_timeout, self.deadline)
+        backoff = Backoff(0.005, 0.25, hold=0.0)
+        while await self._fwd.store.exists(key):
+            left = until - loop.time()
+            if left <= 0:
+                if until >= self.deadline:
+                    raise _NoRoom("total-timeout", "the response took longer than "
+                                  f"total_timeout ({settings.total_timeout:.0f} s)")
+                raise _NoRoom("client-stopped-reading",
+                              f"the client read no segment for {settings.read_timeout:.0f} s "
+                              f"({settings.max_unread_segments} unread)")
+            await asyncio.sleep(min(backoff.next(), left))  # a poll interval
+        self._gone = oldest
 
     @property
     def started(self) -> bool:
@@ -899,6 +946,7 @@ class Forwarder:
 
         reader = asyncio.create_task(read())
         loop = asyncio.get_running_loop()
+        writer.deadline = loop.time() + settings.total_timeout
         segmenter = Segmenter(
             now=loop.time(), segment_size=settings.segment_size,
             inline_limit=settings.inline_limit, limit=limit,
@@ -933,6 +981,11 @@ class Forwarder:
                     if segmenter.cut:
                         outcome.error = "response-too-large"
                 await self._act(writer, head, actions)
+        except _NoRoom as stopped:
+            # No free slot, so no error trailer: the client sees a truncated body (if it
+            # ever reads again); what is stored is left to the janitor.
+            log.warning("response %s to %s ended: %s", writer.request_id, client, stopped)
+            outcome.error = stopped.code
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
