@@ -69,7 +69,7 @@ from wonders.relay._store import OddKeys, Store
 from wonders.relay.audit import AuditWriter, iso_time, redact_headers, redact_target
 from wonders.relay.layout import EnvelopeKey
 from wonders.relay.metrics import Metrics
-from wonders.relay.policy import Limiter, Policy
+from wonders.relay.policy import ClientPolicy, Limiter, Policy, egress_bytes, header_bytes
 from wonders.relay.records import (
     PING_HOST,
     Claim,
@@ -299,7 +299,8 @@ def _error_head(status: int, code: str, message: str, extra: Headers = ()) -> tu
         ("X-Wonders-Error", code),
         *extra,
     )
-    reasons = {400: "Bad Request", 403: "Forbidden", 429: "Too Many Requests",
+    reasons = {400: "Bad Request", 403: "Forbidden", 414: "URI Too Long",
+               429: "Too Many Requests", 431: "Request Header Fields Too Large",
                502: "Bad Gateway", 504: "Gateway Timeout"}
     return ResponseHead(status, reasons.get(status, ""), headers), body
 
@@ -805,6 +806,7 @@ class Forwarder:
         if urlsplit(url).hostname == PING_HOST:
             await self._pong(request, writer, outcome)
             return
+        self._check_sizes(entry, request, outcome)
         size = len(request.body) if request.body is not None else None
         decision = policy.decide(client, method, url, now=self.clock(), request_bytes=size)
         outcome.decision, outcome.rule = decision.action, decision.rule
@@ -814,7 +816,8 @@ class Forwarder:
                               f"wonders: denied by policy ({decision.rule}): {decision.reason}")
         if decision.action == "report":
             log.info("request %s from %s: %s", request.id, client, decision)
-        admitted = self._limiter.admit(client, size or 0)
+        sent = egress_bytes(method, url, request.head.headers, size or 0)
+        admitted = self._limiter.admit(client, sent)
         if not admitted.allowed:
             self.counters.denied += 1
             outcome.decision, outcome.rule = "deny", admitted.rule
@@ -826,6 +829,26 @@ class Forwarder:
             await self._fetch(client, policy, request, writer, outcome)
         finally:
             self._limiter.release(client)
+
+    def _check_sizes(self, entry: ClientPolicy, request: OpenedRequest,
+                     outcome: _Outcome) -> None:
+        """The client's caps on URL length and header bytes, before anything is sent (in
+        either mode: they bound what any request may make the forwarder send)."""
+        url, who = request.head.url, f"client {entry.name}"
+        cap = entry.max_url_length
+        if cap is not None and len(url) > cap:
+            self.counters.denied += 1
+            outcome.decision, outcome.rule = "deny", f"{who}: max_url_length {cap}"
+            raise _ErrorReply(414, "url-too-long",
+                              f"wonders: the URL is {len(url)} characters long, over the "
+                              f"max_url_length of {cap} for {entry.name}")
+        cap, size = entry.max_header_bytes, header_bytes(request.head.headers)
+        if cap is not None and size > cap:
+            self.counters.denied += 1
+            outcome.decision, outcome.rule = "deny", f"{who}: max_header_bytes {cap}"
+            raise _ErrorReply(431, "request-headers-too-large",
+                              f"wonders: the request headers take {size} bytes, over the "
+                              f"max_header_bytes of {cap} for {entry.name}")
 
     async def _pong(self, request: OpenedRequest, writer: _ResponseWriter,
                     outcome: _Outcome) -> None:
