@@ -184,3 +184,18 @@ def test_wonders_forward_exits_1_when_the_forwarder_fails(
     assert done.exit_code == 1
     assert done.output.strip().splitlines()[-1] == (
         "wonders: error: forwarder fw stopped: its janitor failed: RuntimeError: boom")
+
+
+def test_odd_names_are_reported_once_each_and_the_memory_is_bounded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from wonders.relay._store import OddKeys
+
+    caplog.set_level(logging.WARNING, "odd-test")
+    odd = OddKeys(logging.getLogger("odd-test"), limit=3)
+    for _ in range(5):  # listed again and again
+        for i in range(100):
+            odd.report(f"requests/gpu01/x {i}", "test")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4  # three names, then one line saying no more are reported
+    assert lines[-1] == "3 odd object names reported; not reporting more"
