@@ -99,7 +99,8 @@ def test_policy_check_invalid_file_exits_2_with_the_key_path(tmp_path: Path) -> 
         f"wonders: error: {path}: clients.gpu02.alow: unknown key (did you mean 'allow'?); "
         "known keys: bundle, allow, deny, not_before, not_after, methods, ports, schemes, "
         "max_request_bytes, max_response_bytes, rate_per_minute, max_concurrent, "
-        "egress_bytes_per_day, mode, allow_private, follow_redirects\n"
+        "egress_bytes_per_day, max_header_bytes, max_url_length, mode, allow_private, "
+        "follow_redirects\n"
     )
 
 

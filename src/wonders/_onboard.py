@@ -39,6 +39,7 @@ deny = []       # for every client; deny beats allow
 [defaults]
 rate_per_minute = 600
 egress_bytes_per_day = "1 GiB"
+max_response_bytes = "10 GiB"   # a longer body ends with an error, never looks complete
 """
 
 

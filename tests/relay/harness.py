@@ -47,6 +47,7 @@ class Upstream:
     url: str
     ca_file: Path
     hits: Counter[str] = field(default_factory=Counter)
+    sent: Counter[str] = field(default_factory=Counter)  # body bytes /bytes/ handed to TCP
     sse_go: asyncio.Event = field(default_factory=asyncio.Event)
     held: asyncio.Event = field(default_factory=asyncio.Event)  # a request reached /hold
     release: asyncio.Event = field(default_factory=asyncio.Event)  # let /hold answer
@@ -81,6 +82,7 @@ async def _bytes(request: web.Request) -> web.StreamResponse:
         piece = block[: min(len(block), size - sent)]
         await response.write(piece)
         sent += len(piece)
+        request.app[UPSTREAM].sent[request.path] += len(piece)
     await response.write_eof()
     return response
 

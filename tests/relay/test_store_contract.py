@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 
 import pytest
 
 from wonders.errors import ObjectExists, ObjectNotFound
-from wonders.relay import Store
+from wonders.relay import DirectoryStore, Store, is_key
 
 
 async def _keys(store: Store, prefix: str, start_after: str | None = None) -> list[str]:
@@ -109,6 +110,32 @@ async def test_list_start_after_resumes_a_scan(store: Store) -> None:
     assert await _keys(store, "requests/c/", start_after=keys[6]) == keys[7:]
     assert await _keys(store, "requests/c/", start_after="requests/c/004") == keys[4:]
     assert await _keys(store, "requests/c/", start_after=keys[-1]) == []
+
+
+async def test_list_skips_objects_whose_names_are_not_keys(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone who may write to the mailbox can make an object under any name: a listing
+    skips (and logs once) one that is not a valid key, leaves it, and never raises, so
+    that every key it yields can be read and deleted."""
+    from tests.security._mailbox import exists_raw, odd_names, put_raw
+
+    caplog.set_level(logging.WARNING, "wonders.store")
+    odd = [n for n in odd_names(store, "01M808TX000000000000000001") if not is_key(n)]
+    for name in odd:
+        await put_raw(store, name)
+    await store.put("requests/gpu01/ok", b"x")
+    for _ in range(2):
+        listed = await _keys(store, "requests/")
+        assert listed == ["requests/gpu01/ok"]
+        for key in listed:
+            await store.get(key)
+    assert await _keys(store, "requests/gpu01/", start_after="requests/gpu01/a") == listed
+    for name in odd:
+        assert await exists_raw(store, name), name
+    if isinstance(store, DirectoryStore):  # a trailing slash makes a directory, no object
+        odd = [n for n in odd if not n.endswith("/")]
+    assert len(caplog.records) == len(odd)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from wonders.relay import layout
 from wonders.relay._directory import DirectoryStore
 from wonders.relay._mailbox import open_store
 from wonders.relay._s3 import S3Store
-from wonders.relay._store import Store, check_key, check_prefix
+from wonders.relay._store import Store, check_key, check_prefix, is_key
 from wonders.relay.client import RelayClient, RelayResponse
 from wonders.relay.forwarder import Forwarder, ForwarderSettings
 from wonders.relay.policy import Policy, load_policy
@@ -26,6 +26,7 @@ __all__ = [
     "Store",
     "check_key",
     "check_prefix",
+    "is_key",
     "layout",
     "load_policy",
     "open_store",

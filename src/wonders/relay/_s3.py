@@ -56,6 +56,8 @@ _CREDENTIAL_CODES = frozenset(
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
+log = logging.getLogger("wonders.store")
+
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))

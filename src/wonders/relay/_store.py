@@ -11,7 +11,10 @@ directory) give the same semantics, checked by one contract suite:
   it (never more than ``max_bytes + 1`` bytes are read, whatever the object's stated size);
   ``stream`` yields an object in pieces, for large ones;
 - ``list`` yields keys that start with a prefix, in ascending (byte) order, after
-  ``start_after`` if given;
+  ``start_after`` if given. An object whose name is not a valid key (anyone who may write
+  to the mailbox can make one: spaces, ``..``, unicode, over :data:`MAX_KEY`) is skipped,
+  left in place and logged once (:class:`OddKeys`), never raised: no listed name can stop
+  a reader, and every key a listing yields can be read and deleted;
 - ``delete`` is idempotent.
 
 No I/O here.
@@ -19,11 +22,12 @@ No I/O here.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Protocol, Self, runtime_checkable
 
-__all__ = ["MAX_KEY", "Store", "check_key", "check_prefix"]
+__all__ = ["MAX_KEY", "OddKeys", "Store", "check_key", "check_prefix", "is_key"]
 
 #: One segment of a key: plain characters, not starting with a dot (the directory store
 #: keeps its temporary files under dot names, so no key can collide with one).
@@ -38,6 +42,34 @@ def check_key(key: str) -> str:
     if len(key) > MAX_KEY or not _KEY.fullmatch(key):
         raise ValueError(f"invalid object key {key!r}")
     return key
+
+
+def is_key(key: str) -> bool:
+    """Whether ``key`` is a valid object key (:func:`check_key` without the exception)."""
+    return len(key) <= MAX_KEY and _KEY.fullmatch(key) is not None
+
+
+class OddKeys:
+    """Names already reported as odd (not a valid key, or not this protocol's), so that
+    each is logged once however often it is listed. The memory is bounded: past ``limit``
+    names, one last line says that further ones go unreported."""
+
+    def __init__(self, logger: logging.Logger, limit: int = 1024) -> None:
+        self._log = logger
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._full = False
+
+    def report(self, key: str, why: str) -> None:
+        if key in self._seen or self._full:
+            return
+        if len(self._seen) >= self._limit:
+            self._full = True
+            self._log.warning("%d odd object names reported; not reporting more", self._limit)
+            return
+        self._seen.add(key)
+        shown = key if len(key) <= 200 else key[:200] + "..."
+        self._log.warning("odd object %r left in place: %s", shown, why)
 
 
 def check_prefix(prefix: str) -> str:

@@ -383,7 +383,8 @@ class RelayClient:
         try:
             if request:
                 prefix = layout.envelope_prefix("requests", self.key.name, waiter.request_id)
-                keys += [k async for k in self.store.list(prefix)]
+                keys += [k async for k in self.store.list(prefix)
+                         if layout.parse_envelope_key(k) is not None]  # only our own
             for key in keys:
                 await self.store.delete(key)
         except StoreError as exc:

@@ -70,10 +70,11 @@ from wonders.errors import (
     StoreError,
     StorePermissionError,
     UnsafeObject,
+    WondersError,
 )
 from wonders.relay import layout
 from wonders.relay._polling import Backoff, wait_event
-from wonders.relay._store import Store
+from wonders.relay._store import OddKeys, Store
 from wonders.relay._throttle import Throttle
 from wonders.relay._watch import watch
 from wonders.relay.audit import (
@@ -85,7 +86,14 @@ from wonders.relay.audit import (
 )
 from wonders.relay.layout import EnvelopeKey
 from wonders.relay.metrics import Metrics
-from wonders.relay.policy import Limiter, Policy, parse_target
+from wonders.relay.policy import (
+    ClientPolicy,
+    Limiter,
+    Policy,
+    egress_bytes,
+    header_bytes,
+    parse_target,
+)
 from wonders.relay.records import (
     PING_HOST,
     Claim,
@@ -112,7 +120,7 @@ from wonders.relay.upstream import (
     strip_hop_by_hop,
 )
 
-__all__ = ["Forwarder", "ForwarderSettings"]
+__all__ = ["Forwarder", "ForwarderFailed", "ForwarderSettings"]
 
 log = logging.getLogger("wonders.forwarder")
 
@@ -120,6 +128,12 @@ log = logging.getLogger("wonders.forwarder")
 _LIST_RATE = 1000.0
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class ForwarderFailed(WondersError):
+    """A part of the forwarder that must run for as long as it serves (the heartbeat, the
+    janitor, the audit writer, the poll loop) stopped unexpectedly: the forwarder stopped
+    rather than go on half working. ``wonders forward`` exits with status 1."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +149,11 @@ class ForwarderSettings:
     skew: float = 300.0
     response_lifetime: float = 300.0
     segment_size: int = 4 * 1024 * 1024
+    #: Flow control: at most this many response segments of one response wait unread in
+    #: the mailbox. The next one is stored once the client has read (and deleted) the
+    #: oldest; meanwhile the upstream is not read, so TCP backpressure reaches the server.
+    #: A client that reads nothing for ``read_timeout`` ends its response there.
+    max_unread_segments: int = 4
     #: The longest a response byte waits in the forwarder before it is sent (counted from
     #: the oldest byte waiting, so a steady stream flows); event streams use the shorter
     #: ``stream_flush_delay``. See :mod:`wonders.relay.segmenter`.
@@ -201,8 +220,22 @@ class _ErrorReply(Exception):
         self.status, self.code, self.message, self.extra = status, code, message, extra
 
 
+class _NoRoom(Exception):
+    """The client did not make room for the next segment in time: the response ends here
+    (no error trailer can be stored without a free slot)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class _ResponseWriter:
-    """Seals and stores one response: inline, or a head followed by segments."""
+    """Seals and stores one response: inline, or a head followed by segments.
+
+    Flow control: at most ``max_unread_segments`` (W) segments wait unread. Segment n >= W
+    is stored only once segment n - W is gone (the client deletes each segment it read),
+    polled with a backoff; a client that frees no slot for ``read_timeout`` (or past
+    ``deadline``) ends the response with :class:`_NoRoom`."""
 
     def __init__(self, forwarder: Forwarder, request: OpenedRequest, client: str) -> None:
         self._fwd = forwarder
@@ -210,8 +243,15 @@ class _ResponseWriter:
         self._client = client
         self._sealed: Sealed | None = None
         self._index = 0
+        self._gone = -1  # the highest segment index known read (and deleted) by the client
+        #: Loop time after which no more waiting for room (the total timeout).
+        self.deadline = float("inf")
         self.bytes = 0
         self.sha256: bytes | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self._request.id
 
     def _head_key(self) -> str:
         return layout.head_key("responses", self._client, self._request.id)
@@ -247,9 +287,35 @@ class _ResponseWriter:
         self.sha256 = self._sealed.body.sha256
 
     async def _put(self, segment: bytes) -> None:
+        await self._room(self._index)
         key = layout.body_key("responses", self._client, self._request.id, self._index)
         await self._fwd.store.put(key, segment)
         self._index += 1
+
+    async def _room(self, index: int) -> None:
+        """Wait until segment ``index`` may be stored: until segment ``index - W`` is gone.
+
+        Meanwhile nothing reads the upstream (the pump waits here, the reader's queue is
+        bounded), so TCP backpressure holds the server back."""
+        settings = self._fwd.settings
+        oldest = index - settings.max_unread_segments
+        if oldest <= self._gone:
+            return
+        key = layout.body_key("responses", self._client, self._request.id, oldest)
+        loop = asyncio.get_running_loop()
+        until = min(loop.time() + settings.read_timeout, self.deadline)
+        backoff = Backoff(0.005, 0.25, hold=0.0)
+        while await self._fwd.store.exists(key):
+            left = until - loop.time()
+            if left <= 0:
+                if until >= self.deadline:
+                    raise _NoRoom("total-timeout", "the response took longer than "
+                                  f"total_timeout ({settings.total_timeout:.0f} s)")
+                raise _NoRoom("client-stopped-reading",
+                              f"the client read no segment for {settings.read_timeout:.0f} s "
+                              f"({settings.max_unread_segments} unread)")
+            await asyncio.sleep(min(backoff.next(), left))  # a poll interval
+        self._gone = oldest
 
     @property
     def started(self) -> bool:
@@ -266,7 +332,8 @@ def _error_head(status: int, code: str, message: str, extra: Headers = ()) -> tu
         ("X-Wonders-Error", code),
         *extra,
     )
-    reasons = {400: "Bad Request", 403: "Forbidden", 429: "Too Many Requests",
+    reasons = {400: "Bad Request", 403: "Forbidden", 414: "URI Too Long",
+               429: "Too Many Requests", 431: "Request Header Fields Too Large",
                502: "Bad Gateway", 504: "Gateway Timeout"}
     return ResponseHead(status, reasons.get(status, ""), headers), body
 
@@ -327,6 +394,9 @@ class Forwarder:
         self._keep_query = audit_keep_query
         self._blocked = False
         self._lasting = Throttle()  # permission failures and planted objects: said once
+        self._failure: tuple[str, BaseException] | None = None
+        #: Odd object names (not this protocol's keys), reported once each, left in place.
+        self._odd = OddKeys(log)
         self.metrics = metrics
         if metrics is not None:
             metrics.watch(lambda: self.in_flight, lambda: self.audit.waiting,
@@ -356,29 +426,71 @@ class Forwarder:
         return len(self._active)
 
     async def run(self) -> None:
-        """Serve until :meth:`stop`; then finish in-flight work and clean up."""
+        """Serve until :meth:`stop`; then finish in-flight work and clean up.
+
+        Raises :class:`ForwarderFailed` if a background task (heartbeat, janitor, audit
+        writer) or the poll loop ended unexpectedly: the forwarder then stops taking
+        requests, finishes those in flight (up to the grace period) and cleans up, rather
+        than go on half working (say, answering without an audit log, or unseen by clients
+        without its heartbeat)."""
         await self.audit.open()
-        audit = asyncio.create_task(self.audit.run(), name="wonders-audit")
-        heartbeat = asyncio.create_task(self._heartbeats(), name="wonders-heartbeat")
-        janitor = asyncio.create_task(self._janitor(), name="wonders-janitor")
+        background = [
+            asyncio.create_task(self.audit.run(), name="audit writer"),
+            asyncio.create_task(self._heartbeats(), name="heartbeat"),
+            asyncio.create_task(self._janitor(), name="janitor"),
+        ]
+        for task in background:
+            task.add_done_callback(self._background_ended)
         # filesystem events (directory mailbox) wake the poller at once; polling stays
         watcher = watch(self.store, layout.REQUESTS, self._wake.set)
         try:
             await self._write_heartbeat()
             self.ready.set()
-            await self._poll()
+            try:
+                await self._poll()
+            except Exception as failure:
+                self._fail("poll loop", failure)
             await self._drain()
         finally:
-            for task in (heartbeat, janitor, audit, *([watcher] if watcher else [])):
+            if watcher is not None:
+                watcher.cancel()
+            for task in background:
+                task.remove_done_callback(self._background_ended)
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.wait([*background, *([watcher] if watcher else [])])
+            for task in background:  # one may have failed just before it was cancelled
+                if not task.cancelled() and task.exception() is not None:
+                    self._background_ended(task)
             try:
                 await self.audit.close(self.settings.grace)
+            except Exception as failure:  # its store failed in an unexpected way
+                self._fail("audit writer", failure)
             finally:
                 with contextlib.suppress(StoreError):
                     await self.store.delete(layout.heartbeat_key(self.settings.id))
                 await self._upstream.close()
+        if self._failure is not None:
+            what, exc = self._failure
+            raise ForwarderFailed(
+                f"forwarder {self.settings.id} stopped: its {what} failed: "
+                f"{type(exc).__name__}: {exc}") from exc
+
+    def _background_ended(self, task: asyncio.Task[None]) -> None:
+        """A background task ended while the forwarder runs: that is always a failure."""
+        if task.cancelled():
+            exc: BaseException = RuntimeError("cancelled")
+        else:
+            exc = task.exception() or RuntimeError("returned")
+        self._fail(task.get_name(), exc)
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        """Stop, loudly: one error line naming the part and the exception."""
+        if self._failure is None:
+            self._failure = (what, exc)
+            log.error("%s failed: %s: %s; stopping the forwarder", what, type(exc).__name__,
+                      exc)
+            log.debug("%s failed", what, exc_info=exc)
+        self.stop()
 
     async def _drain(self) -> None:
         tasks = list(self._active.values())
@@ -404,7 +516,10 @@ class Forwarder:
 
     async def sweep(self) -> int:
         """Delete what outlived its expiry: claims of requests that can no longer open,
-        unclaimed requests and unread responses. Returns how many objects went."""
+        unclaimed requests and unread responses. Returns how many objects went.
+
+        Only this protocol's own keys are deleted; any other object (a name someone made
+        up) is logged once and left in place."""
         now = self.clock()
         horizon = self.settings.max_request_lifetime + self.settings.skew
         unread = horizon + self.settings.response_lifetime
@@ -413,7 +528,9 @@ class Forwarder:
                               (layout.RESPONSES, unread)):
             keys = [k async for k in self.store.list(prefix)]
             for key in keys:
-                request_id = _request_id_in(key)
+                request_id = self._own_request_id(key)
+                if request_id is None:
+                    continue
                 try:
                     age = now - request_id_time(request_id)
                 except ValueError:
@@ -422,6 +539,19 @@ class Forwarder:
                     await self.store.delete(key)
                     removed += 1
         return removed
+
+    def _own_request_id(self, key: str) -> str | None:
+        """The request id of a claim or envelope key; None (reported once) for others."""
+        if key.startswith(layout.CLAIMS):
+            claim = layout.parse_claim_key(key)
+            if claim is not None:
+                return claim[0]
+        else:
+            parsed = layout.parse_envelope_key(key)
+            if parsed is not None:
+                return parsed.request_id
+        self._odd.report(key, "not a wonders object key")
+        return None
 
     async def _heartbeats(self) -> None:
         while True:
@@ -512,14 +642,14 @@ class Forwarder:
         self._wake.set()
 
     async def _list_heads(self) -> AsyncIterator[EnvelopeKey]:
+        """Request heads waiting. Anything else under ``requests/`` that is not a body
+        segment is reported once and left in place: a client may write anything into its
+        own prefix, and nothing it writes may stop (or steer) the forwarder."""
         async for key in self.store.list(layout.REQUESTS):
             parsed = layout.parse_envelope_key(key)
             if parsed is None:
-                if key.endswith("/head") or key.count("/") < 3:
-                    log.warning("junk object %s removed", key)
-                    await self.store.delete(key)
-                continue
-            if parsed.index is None:
+                self._odd.report(key, "not a wonders request key")
+            elif parsed.index is None:
                 yield parsed
 
     # -------------------------------------------------------------------- claims
@@ -570,7 +700,8 @@ class Forwarder:
             # stale, so only look closer if the request is still here later.
             self._recheck[rid] = now + self.settings.stale_after / 2
             return None
-        keys = [k async for k in self.store.list(layout.claim_prefix(rid))]
+        keys = [k async for k in self.store.list(layout.claim_prefix(rid))
+                if layout.parse_claim_key(k) is not None]
         if layout.done_key(rid) in keys:
             await self._delete_request(client, rid)  # answered: only leftovers remain
             return None
@@ -731,6 +862,7 @@ class Forwarder:
         if urlsplit(url).hostname == PING_HOST:
             await self._pong(request, writer, outcome)
             return
+        self._check_sizes(entry, request, outcome)
         size = len(request.body) if request.body is not None else None
         # What is decided is what is fetched and audited: the URL with its host normalised
         # (Unicode dots, fullwidth digits, case, literal spellings); decide() denies a URL
@@ -745,7 +877,8 @@ class Forwarder:
                               f"wonders: denied by policy ({decision.rule}): {decision.reason}")
         if decision.action == "report":
             log.info("request %s from %s: %s", request.id, client, decision)
-        admitted = self._limiter.admit(client, size or 0)
+        sent = egress_bytes(method, url, request.head.headers, size or 0)
+        admitted = self._limiter.admit(client, sent)
         if not admitted.allowed:
             self.counters.denied += 1
             outcome.decision, outcome.rule = "deny", admitted.rule
@@ -757,6 +890,26 @@ class Forwarder:
             await self._fetch(client, policy, request, url, writer, outcome)
         finally:
             self._limiter.release(client)
+
+    def _check_sizes(self, entry: ClientPolicy, request: OpenedRequest,
+                     outcome: _Outcome) -> None:
+        """The client's caps on URL length and header bytes, before anything is sent (in
+        either mode: they bound what any request may make the forwarder send)."""
+        url, who = request.head.url, f"client {entry.name}"
+        cap = entry.max_url_length
+        if cap is not None and len(url) > cap:
+            self.counters.denied += 1
+            outcome.decision, outcome.rule = "deny", f"{who}: max_url_length {cap}"
+            raise _ErrorReply(414, "url-too-long",
+                              f"wonders: the URL is {len(url)} characters long, over the "
+                              f"max_url_length of {cap} for {entry.name}")
+        cap, size = entry.max_header_bytes, header_bytes(request.head.headers)
+        if cap is not None and size > cap:
+            self.counters.denied += 1
+            outcome.decision, outcome.rule = "deny", f"{who}: max_header_bytes {cap}"
+            raise _ErrorReply(431, "request-headers-too-large",
+                              f"wonders: the request headers take {size} bytes, over the "
+                              f"max_header_bytes of {cap} for {entry.name}")
 
     async def _pong(self, request: OpenedRequest, writer: _ResponseWriter,
                     outcome: _Outcome) -> None:
@@ -890,6 +1043,7 @@ class Forwarder:
 
         reader = asyncio.create_task(read())
         loop = asyncio.get_running_loop()
+        writer.deadline = loop.time() + settings.total_timeout
         segmenter = Segmenter(
             now=loop.time(), segment_size=settings.segment_size,
             inline_limit=min(settings.inline_limit, MAX_INLINE), limit=limit,
@@ -924,6 +1078,11 @@ class Forwarder:
                     if segmenter.cut:
                         outcome.error = "response-too-large"
                 await self._act(writer, head, actions)
+        except _NoRoom as stopped:
+            # No free slot, so no error trailer: the client sees a truncated body (if it
+            # ever reads again); what is stored is left to the janitor.
+            log.warning("response %s to %s ended: %s", writer.request_id, client, stopped)
+            outcome.error = stopped.code
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -982,7 +1141,8 @@ class Forwarder:
         until the janitor's turn."""
         if streamed:
             prefix = layout.envelope_prefix("requests", client, rid)
-            keys = [k async for k in self.store.list(prefix)]
+            keys = [k async for k in self.store.list(prefix)
+                    if layout.parse_envelope_key(k) is not None]
         else:
             keys = [layout.head_key("requests", client, rid)]
         for key in keys:
@@ -1035,13 +1195,6 @@ class Forwarder:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(max(0.0, seconds) * 1000, 1)
-
-
-def _request_id_in(key: str) -> str:
-    """The request id in ``claims/<id>/…`` or ``requests|responses/<client>/<id>/…``."""
-    parts = key.split("/")
-    index = 1 if parts[0] == layout.CLAIMS.rstrip("/") else 2
-    return parts[index] if len(parts) > index else ""
 
 
 def _fair(heads: list[EnvelopeKey]) -> list[EnvelopeKey]:

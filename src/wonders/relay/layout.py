@@ -88,6 +88,19 @@ def done_key(request_id: str) -> str:
     return claim_prefix(request_id) + "done"
 
 
+def parse_claim_key(key: str) -> tuple[str, int | None] | None:
+    """``claims/<id>/<attempt>`` as (id, attempt), ``claims/<id>/done`` as (id, None);
+    None for anything else."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != CLAIMS.rstrip("/") or not ID_PATTERN.fullmatch(parts[1]):
+        return None
+    if parts[2] == "done":
+        return parts[1], None
+    if len(parts[2]) != 4 or not (parts[2].isascii() and parts[2].isdigit()):
+        return None
+    return parts[1], int(parts[2])
+
+
 def heartbeat_key(forwarder: str) -> str:
     return f"{HEARTBEATS}{check_name(forwarder)}.json"
 
@@ -114,7 +127,8 @@ def parse_envelope_key(key: str) -> EnvelopeKey | None:
         return None
     if len(parts) == 4:
         return EnvelopeKey(direction, client, request_id, None) if parts[3] == "head" else None
-    if parts[3] != "body" or len(parts[4]) != _DIGITS or not parts[4].isdigit():
+    digits = parts[4]
+    if parts[3] != "body" or len(digits) != _DIGITS or not (digits.isascii() and digits.isdigit()):
         return None
     return EnvelopeKey(direction, client, request_id, int(parts[4]))
 

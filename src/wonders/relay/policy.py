@@ -22,7 +22,10 @@ Theory of operation:
 * ``report`` mode allows what ``enforce`` would deny and says so (action ``report``), to
   roll out a new allowlist. Unknown clients and malformed URLs are denied in either mode.
 * Rates, concurrency and the daily egress budget are state, kept by :class:`Limiter` with
-  an injected clock; going over gives a 429 decision with a retry-after.
+  an injected clock; going over gives a 429 decision with a retry-after. The budget counts
+  every byte a request sends out: method, URL and headers (:func:`egress_bytes`) as well
+  as the body. ``max_url_length`` and ``max_header_bytes`` cap a request's URL and
+  headers (the forwarder answers 414 and 431, in either mode).
 * :func:`load_policy` is strict (unknown keys, wrong types, bad patterns or CIDRs and
   unreadable bundles are errors naming the key path) and returns a new immutable
   :class:`Policy`, so a reload can swap it in whole.
@@ -35,7 +38,7 @@ import hashlib
 import json
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -67,6 +70,8 @@ __all__ = [
     "Limiter",
     "Policy",
     "Target",
+    "egress_bytes",
+    "header_bytes",
     "load_policy",
     "normalize_host",
     "parse_policy",
@@ -250,6 +255,8 @@ class ClientPolicy:
     schemes: tuple[str, ...] = _DEFAULT_SCHEMES
     max_request_bytes: int | None = 16 * _MIB
     max_response_bytes: int | None = None
+    max_header_bytes: int | None = 64 * 1024
+    max_url_length: int | None = 8192
     rate_per_minute: int | None = 600
     max_concurrent: int | None = 16
     egress_bytes_per_day: int | None = 1024 * _MIB
@@ -481,12 +488,27 @@ class _ClientState:
     day_bytes: int = 0
 
 
+def header_bytes(headers: Iterable[tuple[str, str]]) -> int:
+    """Bytes a request's headers take on the wire: ``name: value`` and CRLF each."""
+    return sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+def egress_bytes(method: str, url: str, headers: Iterable[tuple[str, str]],
+                 body: int = 0) -> int:
+    """What a request sends out, for the egress budget: its method, URL (UTF-8), headers
+    (:func:`header_bytes`) and ``body`` bytes."""
+    return len(method) + 1 + len(url.encode("utf-8", "surrogatepass")) + header_bytes(
+        headers) + body
+
+
 class Limiter:
     """Per-client rate (token bucket over a minute), concurrency and daily egress budget.
 
     ``clock`` returns Unix seconds (injected so tests drive time); days are UTC days.
     :meth:`admit` takes a concurrency slot that :meth:`release` gives back; :meth:`charge`
-    adds request-body bytes as a streamed body arrives.
+    adds request-body bytes as a streamed body arrives. Every byte that leaves counts
+    against the budget: give :meth:`admit` the request's :func:`egress_bytes` (URL and
+    headers, and the body when it is known up front).
     """
 
     def __init__(self, policy: Policy, clock: Callable[[], float]) -> None:
@@ -527,7 +549,8 @@ class Limiter:
         return datetime.combine(tomorrow, time(), UTC).timestamp() - now
 
     def admit(self, client: str, request_bytes: int = 0) -> Decision:
-        """Take a slot for one request with ``request_bytes`` of body (0 if streamed)."""
+        """Take a slot for one request that sends ``request_bytes`` out: its URL and
+        headers, and its body unless that is streamed (and :meth:`charge`d as it goes)."""
         found = self._entry(client)
         if found is None:
             return _deny("no client entry", f"client {client!r} is not in the policy")
@@ -578,7 +601,7 @@ class Limiter:
 # ------------------------------------------------------------------------------ loading
 
 _LIMIT_KEYS = ("max_request_bytes", "max_response_bytes", "rate_per_minute", "max_concurrent",
-               "egress_bytes_per_day")
+               "egress_bytes_per_day", "max_header_bytes", "max_url_length")
 _SETTING_KEYS = ("methods", "ports", "schemes", *_LIMIT_KEYS, "mode", "allow_private",
                  "follow_redirects")
 _CLIENT_KEYS = ("bundle", "allow", "deny", "not_before", "not_after", *_SETTING_KEYS)
