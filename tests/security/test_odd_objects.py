@@ -40,8 +40,20 @@ def keys(tmp_path: Path, upstream: Upstream) -> Keys:
 
 
 def _reported(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [str(r.args[0]) for r in caplog.records  # type: ignore[index]
-            if r.msg == "odd object %r left in place: %s"]
+    """The odd names logged: by the forwarder (names that are keys but not this
+    protocol's), or by a store as it lists (names that are not keys at all; the directory
+    store gives the path)."""
+    names = []
+    for r in caplog.records:
+        args: tuple[object, ...] = r.args if isinstance(r.args, tuple) else ()
+        if r.msg == "odd object %r left in place: %s":
+            names.append(str(args[0]))
+        elif r.msg == "%s: ignoring object %r: not a valid object key (letters, digits, '.', " \
+                "'_', '-' only)":
+            names.append(str(args[1]))
+        elif r.msg == "%s: ignoring %s: %s":  # a name, or a directory too deep for keys
+            names.append(str(args[1]).split("/mailbox/", 1)[-1])
+    return names
 
 
 async def _echo(store: Store, keys: Keys, upstream: Upstream) -> int:
