@@ -49,7 +49,7 @@ print("eval.py", sys.argv[1:], "status", response.status, "path", body["path"], 
 #: A request the upstream holds until the test releases it.
 HOLD_PY = """\
 import os, urllib.request
-with urllib.request.urlopen(os.environ["SELFTEST_UPSTREAM"] + "/hold", timeout=120) as r:
+with urllib.request.urlopen(os.environ["SELFTEST_UPSTREAM"] + "/hold", timeout=300) as r:
     print(r.read().decode(), flush=True)
 """
 
