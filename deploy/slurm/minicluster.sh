@@ -16,21 +16,6 @@ action=$1
 dir=$2
 cannot() { echo "minicluster: $*" >&2; exit 77; }
 
-stop() {
-    local name pid
-    for name in slurmd slurmctld munged; do
-        [ -f "$dir/run/$name.pid" ] || continue
-        pid=$(cat "$dir/run/$name.pid")
-        kill -TERM "$pid" 2>/dev/null || continue
-        for _ in $(seq 100); do  # up to 10 s, then SIGKILL
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        rm -f "$dir/run/$name.pid"
-    done
-}
-
 # wait_for SECONDS DESCRIPTION COMMAND…: poll COMMAND every 0.2 s until it succeeds.
 wait_for() {
     local deadline=$((SECONDS + $1)) what=$2
@@ -44,13 +29,34 @@ wait_for() {
     done
 }
 
+stop() {
+    local name pid
+    # jobs first (SIGTERM, then SIGKILL KillWait later): none outlives the cluster
+    if [ -f "$dir/run/slurmctld.pid" ] && [ -f "$dir/slurm.conf" ]; then
+        export SLURM_CONF=$dir/slurm.conf
+        scancel --user="$(id -un)" 2>/dev/null || true
+        wait_for 60 "jobs cancelled" sh -c '[ -z "$(squeue --noheader 2>/dev/null)" ]' || true
+    fi
+    for name in slurmd slurmctld munged; do
+        [ -f "$dir/run/$name.pid" ] || continue
+        pid=$(cat "$dir/run/$name.pid")
+        kill -TERM "$pid" 2>/dev/null || continue
+        for _ in $(seq 100); do  # up to 10 s, then SIGKILL
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        rm -f "$dir/run/$name.pid"
+    done
+}
+
 case $action in
 stop) stop; exit 0 ;;
 start) ;;
 *) usage ;;
 esac
 
-for program in munged mungekey slurmctld slurmd sbatch squeue sinfo scontrol python3; do
+for program in munged mungekey slurmctld slurmd sbatch squeue sinfo scontrol scancel python3; do
     command -v "$program" >/dev/null || cannot "$program is not installed (Debian: apt-get install slurm-wlm munge)"
 done
 mkdir -p "$dir"
