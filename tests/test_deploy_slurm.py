@@ -175,7 +175,7 @@ async def test_forwarder_and_gpu_job_run_under_slurm(tmp_path: Path,
                          lambda: _text(forwarder_log))
             # Bring the forwarder's time limit within two minutes: Slurm then sends the
             # script's --signal (B:TERM@60) to the batch shell, which is the forwarder
-            # (exec), some 60 to 90 s before the limit.
+            # (exec), at least 60 s before the limit.
             minutes = math.floor((time.monotonic() - serving_since) / 60) + 2
             _run(env, "scontrol", "update", f"JobId={forwarder}", f"TimeLimit={minutes}")
             await _until("the forwarder drains on Slurm's warning signal", 240,
