@@ -280,6 +280,20 @@ def test_the_forwarder_runs_without_mitmproxy(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
+    # the image's HEALTHCHECK, with nothing of the proxy (nor its dependencies, such as
+    # certifi) importable: exit status 1 (no forwarder alive), not an ImportError
+    (tmp_path / "mailbox").mkdir()
+    init = CliRunner().invoke(main, ["init", "forwarder", "--name", "fw1", "--mailbox",
+                                     (tmp_path / "mailbox").as_uri(), "--dir",
+                                     str(tmp_path / "fwd")])
+    assert init.exit_code == 0, init.output
+    code = ("import sys; sys.modules['wonders.proxy'] = sys.modules['certifi'] = None\n"
+            "from wonders.cli import main\n"
+            f"main(['status', '--config', {str(tmp_path / 'fwd' / 'forwarder.toml')!r}])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "reachable" in done.stdout, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("script", ["forwarder.sbatch", "gpu-job.sbatch"])

@@ -51,9 +51,14 @@ class _Mailbox:
 
 def _mailbox(config_file: Path | None) -> _Mailbox:
     """From a client config (found as wonder-run finds it) or a forwarder config."""
-    from wonders.proxy.run import find_client_config, load_client_config
+    # wonders.proxy is left alone for a forwarder's config: the forwarder image has none
+    # of the proxy's dependencies (its HEALTHCHECK is `wonders status --config FILE`)
+    if config_file is not None and config_file.is_file():
+        path = config_file
+    else:
+        from wonders.proxy.run import find_client_config
 
-    path = find_client_config(config_file)
+        path = find_client_config(config_file)
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -65,6 +70,8 @@ def _mailbox(config_file: Path | None) -> _Mailbox:
             forwarder = load_forwarder_config(path)
             return _Mailbox(forwarder.mailbox, forwarder.endpoint, forwarder.path_style,
                             load_private_key(forwarder.key).public, forwarder.settings.id)
+        from wonders.proxy.run import load_client_config
+
         client = load_client_config(path)
         return _Mailbox(client.mailbox, client.endpoint, client.path_style,
                         load_public_bundle(client.forwarder))
