@@ -90,3 +90,21 @@ def test_policy_defaults_for_the_caps(tmp_path: Path) -> None:
     assert policy.clients["gpu01"].max_header_bytes == 64 * 1024
     with pytest.raises(Exception, match="max_url_length"):
         parse_policy('[defaults]\nmax_url_length = "8 KiB"\n', base=tmp_path)
+
+
+async def test_a_followed_redirect_is_charged_to_the_budget(
+    store: Store, tmp_path: Path, upstream: Upstream
+) -> None:
+    """Each hop the forwarder follows sends a URL and headers out again: when the budget
+    cannot pay for the next hop, the redirect goes back to the program instead."""
+    target = f"{upstream.url}/echo"
+    first = f"{upstream.url}/redirect?to={target}"
+    cost = egress_bytes("GET", first, ()) + egress_bytes("GET", target, ())
+    for budget, expected, hits in ((cost, 200, 1), (cost - 1, 302, 0)):
+        upstream.hits.clear()
+        keys = _keys(tmp_path, upstream, f"egress_bytes_per_day = {budget}\n"
+                                         "follow_redirects = true")
+        async with running_forwarder(store, keys, upstream):
+            assert (await _ask(store, keys, first))[0] == expected
+        assert upstream.hits["/redirect"] == 1
+        assert upstream.hits["/echo"] == hits

@@ -986,13 +986,21 @@ class Forwarder:
                                   f"wonders: request to {where} failed: {exc}") from None
             async with response:
                 target = self._redirect(client, policy, response, url, hop)
+                if target is not None:
+                    if parse_target(target[1]).origin != parse_target(url).origin:
+                        # another scheme, host or port: the credentials stay with their origin
+                        headers = tuple((k, v) for k, v in headers if not is_credential(k))
+                    # the next hop sends its URL and headers out again: charge them
+                    charged = self._limiter.charge(client, egress_bytes(target[0], target[1],
+                                                                        headers))
+                    if not charged.allowed:
+                        log.info("redirect to %s returned to %s: %s", target[1], client,
+                                 charged.reason)
+                        target = None
                 if target is None:
                     await self._relay(client, entry.max_response_bytes, response, writer,
                                       outcome)
                     return
-                if parse_target(target[1]).origin != parse_target(url).origin:
-                    # another scheme, host or port: the credentials stay with their origin
-                    headers = tuple((k, v) for k, v in headers if not is_credential(k))
                 method, url, body = target
                 hop_url = urlsplit(url)
                 outcome.redirects.append(f"{hop_url.scheme}://{hop_url.netloc.rpartition('@')[2]}"
