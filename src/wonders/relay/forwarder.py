@@ -14,6 +14,11 @@ Theory of operation:
   was not retried. Claims stay, with ``claims/<id>/done`` once answered, until the request
   can no longer open (``max_request_lifetime`` + skew), so a copied head is never
   executed twice. A janitor then deletes them, and whatever else outlived its expiry.
+  Claims can be deleted by a mailbox writer, so the forwarder also keeps the ids it
+  answered (memory, state file, rebuilt from its audit log) and refuses them as replays.
+* **Intent.** Before the upstream sees a byte, ``claims/<id>/<attempt>.intent`` (signed,
+  create-only) says what is about to be executed; whoever takes the request over, or
+  this forwarder restarted, records a dead attempt from it (``forwarder-died``).
 * **Open.** Only a request signed by the client whose mailbox holds it, under its own id,
   within its lifetime, is executed. Unauthenticated objects are deleted and logged; an
   authenticated but expired request is answered with an error, never executed.
