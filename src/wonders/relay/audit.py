@@ -487,7 +487,7 @@ class AuditWriter:
         for record in self._buffer:
             self.on_record(record)
             recorded.add((str(record.get("id")), _attempt(record)))
-        log.info("audit: %d recent records of %s recalled from %d batches", len(recorded),
+        log.debug("audit: %d recent records of %s recalled from %d batches", len(recorded),
                  self.forwarder, len(keys))
         await self._complete_orphans(since, now, recorded)
 
