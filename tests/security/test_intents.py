@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +24,10 @@ from tests.relay.harness import (
     running_forwarder,
 )
 from tests.security.conftest import records, until
+from tests.test_forward_cli import Process, processes  # noqa: F401 (a fixture)
+from wonders.crypto import write_key_files
 from wonders.errors import StoreError
-from wonders.relay import Store
+from wonders.relay import DirectoryStore, Store
 from wonders.relay.audit import AuditWriter, verify_log
 from wonders.relay.forwarder import Forwarder, ForwarderSettings
 
@@ -147,3 +152,36 @@ async def test_a_restarted_forwarder_records_what_it_answered_before_it_was_kill
         problems = await _problems(store, keys)
         assert len(problems) == 1, problems
         assert "no audit record completes it" in problems[0]
+
+
+@pytest.mark.slow
+async def test_a_sigkilled_forwarder_process_leaves_no_unaudited_post(
+    tmp_path: Path, upstream: Upstream, keys: Keys,
+    processes: list[Process],  # noqa: F811 (the fixture imported above)
+) -> None:
+    """``wonders forward`` killed with SIGKILL while the upstream holds its POST; the
+    restarted process answers 502 not-retried and records the dead attempt."""
+    from tests.test_forward_cli import _config, _start, _until_alive
+
+    write_key_files(keys.forwarder, tmp_path / "keys", force=True)
+    (tmp_path / "mailbox").mkdir()
+    mailbox = DirectoryStore(tmp_path / "mailbox")
+    config = _config(tmp_path, upstream)
+    first = _start(tmp_path, config, processes)
+    await _until_alive(mailbox, keys, first)
+    async with client_for(mailbox, keys) as client:
+        pending = asyncio.create_task(
+            client.request("POST", f"{upstream.url}/hold", body=b"payload", timeout=60))
+        await asyncio.wait_for(upstream.held.wait(), 30)
+        os.kill(first.proc.pid, signal.SIGKILL)
+        assert await first.wait() == -signal.SIGKILL
+        upstream.release.set()
+        second = _start(tmp_path, config, processes)
+        async with await asyncio.wait_for(pending, 60) as response:
+            assert response.status == 502
+        second.proc.send_signal(signal.SIGTERM)
+        assert await second.wait() == 0
+    assert upstream.hits["/hold"] == 1
+    mine = sorted((r["attempt"], r["error"]) for r in await records(mailbox, keys.forwarder))
+    assert mine == [(0, "forwarder-died"), (1, "not-retried")]
+    assert await _problems(mailbox, keys) == []
