@@ -34,6 +34,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPat
     empty = tmp_path_factory.mktemp("aws")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(empty / "config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty / "credentials"))
+    # a forwarder keeps state beside its default spool file: never the real home's
+    monkeypatch.setenv("XDG_STATE_HOME", str(empty / "state"))
 
 
 _MOTO = """

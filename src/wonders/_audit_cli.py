@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import json
 import signal
@@ -27,6 +28,8 @@ from wonders.relay.audit import (
     Batch,
     Problem,
     batch_keys,
+    heartbeats_of,
+    incomplete_intents,
     parse_time,
     read_batches,
     verify_log,
@@ -41,11 +44,21 @@ class _Source:
     endpoint: str | None
     path_style: bool
     signer: PublicBundle
+    #: The relay mailbox (heartbeats, intents) when it is not the audit store.
+    relay: tuple[str, str | None, bool] | None = None
 
     def open(self) -> Store:
         from wonders.relay import open_store
 
         return open_store(self.url, endpoint_url=self.endpoint, path_style=self.path_style)
+
+    def open_relay(self) -> Store | None:
+        from wonders.relay import open_store
+
+        if self.relay is None:
+            return None
+        url, endpoint, path_style = self.relay
+        return open_store(url, endpoint_url=endpoint, path_style=path_style)
 
 
 def _source(config: Path | None, mailbox: str | None, key: Path | None,
@@ -61,8 +74,11 @@ def _source(config: Path | None, mailbox: str | None, key: Path | None,
             exc.exit_code = 2
             raise
         audit = loaded.audit
-        return _Source(mailbox or audit.mailbox, endpoint or audit.endpoint,
-                       path_style or audit.path_style, signer)
+        url, where, style = (mailbox or audit.mailbox, endpoint or audit.endpoint,
+                             path_style or audit.path_style)
+        relay = (loaded.mailbox, loaded.endpoint, loaded.path_style)
+        return _Source(url, where, style, signer,
+                       None if relay == (url, where, style) else relay)
     if mailbox is None or key is None:
         raise ConfigError(
             "say where the audit log is and whose it is: --config FORWARDER.toml, or "
@@ -328,7 +344,10 @@ def audit_verify(
     """Check every batch's signature and every forwarder's chain.
 
     Reports each missing (deleted), edited, reordered, inserted or forged batch with its
-    object key, one per line. Exit status 1 on any problem, 0 when the log is whole.
+    object key, one per line, batches missing past the newest one that the head object or
+    the forwarder's signed heartbeat names, and every executed request that no record
+    completes (its intent in the mailbox is all there is: the forwarder died, and no
+    other recorded it). Exit status 1 on any problem, 0 when the log is whole.
     With --since, batches filed before that day are not read, so the first batch in the
     window is not linked to its predecessor.
     """
@@ -336,15 +355,19 @@ def audit_verify(
     start = _when(since, "--since", time.time())
 
     async def run() -> Any:
-        async with source.open() as store:
+        async with source.open() as store, contextlib.AsyncExitStack() as stack:
             await store.check()
-            return await verify_log(store, source.signer, since=start)
+            relay = source.open_relay()
+            if relay is not None:
+                await stack.enter_async_context(relay)
+            return await verify_log(store, source.signer, since=start, mailbox=relay)
 
     result = asyncio.run(run())
     if as_json:
         click.echo(json.dumps({
             "forwarders": result.forwarders, "batches": result.batches,
             "records": result.records, "ok": not result.problems,
+            "incomplete": result.incomplete,
             "problems": [{"key": p.key, "problem": p.problem} for p in result.problems],
         }, indent=1))
     else:
@@ -408,14 +431,20 @@ def audit_stats(
     now = time.time()
     chosen = _Filter(_when(since, "--since", now), _when(until, "--until", now))
 
-    async def run() -> tuple[list[dict[str, Any]], int]:
-        async with source.open() as store:
+    async def run() -> tuple[list[dict[str, Any]], int, int]:
+        async with source.open() as store, contextlib.AsyncExitStack() as stack:
             await store.check()
+            relay = source.open_relay()
+            if relay is not None:
+                await stack.enter_async_context(relay)
             keys = await _keys(store, chosen.since, chosen.until, now)
             latest: dict[str, dict[str, Any]] = {}
+            recorded: set[tuple[str, int]] = set()
             bad = 0
             async for item in read_batches(store, keys, source.signer):
                 if isinstance(item, Batch):
+                    recorded.update((str(r.get("id")), int(r.get("attempt") or 0))
+                                    for r in item.records)
                     for record in filter(chosen, item.records):
                         rid = str(record.get("id"))
                         if rid not in latest or record.get("attempt", 0) >= latest[rid].get(
@@ -424,9 +453,13 @@ def audit_stats(
                 else:
                     bad += 1
                     _warn(item)
-            return list(latest.values()), bad
+            mailbox = relay or store
+            _, incomplete = await incomplete_intents(
+                mailbox, source.signer, recorded, now=time.time(),
+                beats=await heartbeats_of(mailbox, source.signer))
+            return list(latest.values()), bad, incomplete
 
-    records, bad = asyncio.run(run())
+    records, bad, incomplete = asyncio.run(run())
     total = _Tally()
     by_client: dict[str, _Tally] = defaultdict(_Tally)
     by_host: dict[str, _Tally] = defaultdict(_Tally)
@@ -441,7 +474,7 @@ def audit_stats(
     if as_json:
         click.echo(json.dumps({
             "since": chosen.since, "until": chosen.until if chosen.until else now,
-            "total": vars(total),
+            "total": vars(total), "incomplete": incomplete,
             "clients": {name: vars(t) for name, t in ordered(by_client)},
             "hosts": {name: vars(t) for name, t in ordered(by_host)},
         }, indent=1))
@@ -456,4 +489,9 @@ def audit_stats(
             click.echo("")
             click.echo(_table([t.row(name) for name, t in ordered(tallies)],
                               (title, *numbers)))
-    sys.exit(1 if bad else 0)
+    if incomplete:
+        click.echo(f"wonders audit: {incomplete} executed request"
+                   f"{' has' if incomplete == 1 else 's have'} no audit record (the "
+                   "forwarder died and none other completed it); run 'wonders audit verify'",
+                   err=True)
+    sys.exit(1 if bad or incomplete else 0)

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Collection, Sequence
 
-__all__ = ["human_bytes", "table"]
+__all__ = ["SafeFormatter", "escape_controls", "human_bytes", "table"]
+
+#: C0 and C1 control characters and DEL: a terminal acts on them (``\x1b[…`` moves the
+#: cursor, rewrites the title, …), so text from the bucket never reaches one raw.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with each control character written as an escape (``\\x1b``, ``\\n``)."""
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class SafeFormatter(logging.Formatter):
+    """A log formatter that escapes control characters in the message, so that a value
+    taken from a request or an object key cannot forge log lines or drive a terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
 
 def human_bytes(n: int) -> str:
@@ -20,6 +40,7 @@ def human_bytes(n: int) -> str:
 def table(rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> str:
     """Rows (the header first) as aligned columns two spaces apart; the columns whose
     index is in ``right`` are right-aligned."""
+    rows = [[escape_controls(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.rjust(width) if i in right else cell.ljust(width)

@@ -23,6 +23,7 @@ from wonders import __version__
 from wonders._audit_cli import audit
 from wonders._onboard import clients, init
 from wonders._status_cli import ping, status
+from wonders._text import SafeFormatter
 from wonders.crypto import PrivateKey, check_name, load_private_key, write_key_files
 from wonders.errors import KeyFileError, PolicyError, StoreError, WondersError
 from wonders.relay.addresses import IPAddress
@@ -169,10 +170,9 @@ def forward(config_file: Path, upstream_ca: Path | None, metrics_port: int | Non
     from wonders.relay.forwarder import Forwarder
     from wonders.relay.metrics import Metrics
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     for noisy in ("botocore", "aiobotocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     config = load_forwarder_config(config_file)

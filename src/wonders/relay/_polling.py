@@ -54,8 +54,11 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:  # noqa: ASY
     """Wait until ``event`` is set or ``timeout`` seconds pass; True if it was set."""
     if event.is_set():
         return True
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+    # that arrives together with its timeout, and the waiter then never stops
     try:
-        await asyncio.wait_for(event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await event.wait()
     except TimeoutError:
         return False
     return True

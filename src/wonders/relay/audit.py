@@ -42,7 +42,7 @@ import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,24 +50,33 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from cryptography.exceptions import InvalidSignature
 
-from wonders.crypto import PrivateKey, PublicBundle
+from wonders.crypto import PrivateKey, PublicBundle, request_id_time
 from wonders.errors import ObjectExists, ObjectNotFound, StoreError, UnsafeObject, WondersError
 from wonders.relay import layout
 from wonders.relay._store import Store
+from wonders.relay.records import Heartbeat, parse_heartbeat
+from wonders.relay.state import Tip, load_tip, save_tip
 
 __all__ = [
+    "FORWARDER_DIED",
     "AuditError",
+    "AuditTruncated",
     "AuditWriter",
     "Batch",
     "ChainHead",
+    "Intent",
     "Problem",
+    "heartbeats_of",
+    "incomplete_intents",
     "is_credential",
     "iso_time",
     "parse_batch",
+    "parse_intent",
     "parse_time",
     "read_batches",
     "redact_headers",
     "redact_target",
+    "redact_url",
     "verify_log",
 ]
 
@@ -76,6 +85,10 @@ log = logging.getLogger("wonders.audit")
 REDACTED = "[redacted]"
 _SIGNATURE_DOMAIN = b"wonders-audit-batch-v1\n"
 _HEAD_DOMAIN = b"wonders-audit-head-v1\n"
+_INTENT_DOMAIN = b"wonders-audit-intent-v1\n"
+#: The error of the record that completes an attempt whose forwarder died before
+#: recording it (its status is unknown).
+FORWARDER_DIED = "forwarder-died"
 
 #: Headers whose values are never recorded.
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
@@ -93,9 +106,15 @@ class AuditError(WondersError):
     """An audit object that is not a valid batch (or head) of the expected signer."""
 
 
+#: Response headers whose value is a URL that may carry a presigned credential in its
+#: query (``Location: https://bucket.s3…/x?X-Amz-Signature=…``).
+URL_HEADERS = frozenset({"location", "content-location"})
+
+
 def _secret_name(name: str) -> bool:
     lowered = name.lower()
-    return lowered in CREDENTIAL_HEADERS or bool(_SECRET_NAME.search(lowered))
+    return (lowered in CREDENTIAL_HEADERS or bool(_SECRET_NAME.search(lowered))
+            or lowered.endswith(("-key", "_key")))
 
 
 def is_credential(name: str) -> bool:
@@ -104,9 +123,33 @@ def is_credential(name: str) -> bool:
     return _secret_name(name)
 
 
-def redact_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
-    """``[name, value]`` pairs with every credential's value replaced by ``[redacted]``."""
-    return [[name, REDACTED if _secret_name(name) else value] for name, value in headers]
+def redact_url(value: str, *, keep_query: bool = False) -> str:
+    """A URL as recorded: its query redacted as :func:`redact_target` does, and any
+    ``user:password@`` removed. A value without a query or userinfo is kept as is."""
+    parts = urlsplit(value.strip())
+    netloc = parts.netloc
+    if not parts.query and "@" not in netloc:
+        return value
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    prefix = f"{parts.scheme}://{netloc}" if parts.scheme or netloc else ""
+    if parts.path or parts.query:
+        return prefix + redact_target(value.strip(), keep_query=keep_query)
+    return prefix
+
+
+def redact_headers(headers: Iterable[tuple[str, str]], *,
+                   keep_query: bool = False) -> list[list[str]]:
+    """``[name, value]`` pairs with every credential's value replaced by ``[redacted]``,
+    and the query of a URL-valued header (``Location``) redacted like a request's."""
+    shown = []
+    for name, value in headers:
+        if _secret_name(name):
+            value = REDACTED
+        elif name.lower() in URL_HEADERS:
+            value = redact_url(value, keep_query=keep_query)
+        shown.append([name, value])
+    return shown
 
 
 def redact_target(url: str, *, keep_query: bool = False) -> str:
@@ -255,6 +298,72 @@ def parse_head(data: bytes, signer: PublicBundle) -> ChainHead:
         raise AuditError("not an audit head object") from None
 
 
+# ---------------------------------------------------------------------------- intents
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """What an attempt is about to execute, stored (signed, create-only) before the
+    upstream sees a byte: the audit essentials of the request, and who executes it."""
+
+    forwarder: str
+    instance: str
+    id: str
+    attempt: int
+    client: str
+    time: str
+    method: str
+    scheme: str
+    host: str | None
+    port: int | None
+    path: str
+    decision: str
+    rule: str | None
+
+    def sign(self, key: PrivateKey) -> bytes:
+        body = _line({"wonders_intent": 1, **asdict(self)})
+        signature = key.signing.sign(_INTENT_DOMAIN + body)
+        return body + _line({"signature": base64.b64encode(signature).decode()})
+
+    def completion(self, by: str, when: float) -> dict[str, Any]:
+        """The audit record of this attempt when its forwarder died before recording it:
+        the decision it was about to carry out, status unknown."""
+        return {
+            "time": iso_time(when), "forwarder": self.forwarder, "client": self.client,
+            "id": self.id, "attempt": self.attempt, "method": self.method,
+            "scheme": self.scheme, "host": self.host, "port": self.port, "path": self.path,
+            "decision": self.decision, "rule": self.rule, "status": None,
+            "error": FORWARDER_DIED, "up": 0, "down": 0, "queue_ms": None,
+            "upstream_ms": None, "total_ms": None, "request_sha256": None,
+            "response_sha256": None, "request_headers": [], "response_headers": [],
+            "intent": True, "intended": self.time, "instance": self.instance,
+            "completed_by": by,
+        }
+
+
+def parse_intent(data: bytes, signer: PublicBundle) -> Intent:
+    """Verify and parse an intent object; AuditError says what is wrong with it."""
+    lines = data.split(b"\n")
+    if len(lines) != 3 or lines[2]:
+        raise AuditError("not an intent object")
+    try:
+        signer.signing.verify(_signature(lines[1]), _INTENT_DOMAIN + lines[0] + b"\n")
+    except InvalidSignature:
+        raise AuditError(f"its signature does not verify with forwarder key {signer.kid}") from None
+    try:
+        doc = json.loads(lines[0])
+        port = doc["port"]
+        return Intent(
+            str(doc["forwarder"]), str(doc["instance"]), str(doc["id"]), int(doc["attempt"]),
+            str(doc["client"]), str(doc["time"]), str(doc["method"]), str(doc["scheme"]),
+            None if doc["host"] is None else str(doc["host"]),
+            None if port is None else int(port), str(doc["path"]), str(doc["decision"]),
+            None if doc["rule"] is None else str(doc["rule"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        raise AuditError("not an intent object") from None
+
+
 # ---------------------------------------------------------------------------- writing
 
 
@@ -272,10 +381,19 @@ class AuditState:
     waiting: int = 0
     blocked: bool = False
     failing: str = ""
+    #: SHA-256 of batch ``seq``: with ``seq``, the chain's tip, anchored in the signed
+    #: heartbeat so that a verifier notices newest batches deleted with the head rolled back.
+    hash: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "waiting": self.waiting, "blocked": self.blocked,
-                "failing": self.failing}
+        return {"seq": self.seq, "hash": self.hash, "waiting": self.waiting,
+                "blocked": self.blocked, "failing": self.failing}
+
+
+class AuditTruncated(AuditError):
+    """The chain in the bucket ends before a batch this forwarder knows it wrote."""
+
+    exit_code = 2  # a startup problem, like a missing bucket
 
 
 @dataclass
@@ -300,6 +418,21 @@ class AuditWriter:
     spool: Path | None = None
     clock: Callable[[], float] = time.time
     retry_max: float = 10.0
+    #: The local chain-tip file (see :mod:`wonders.relay.state`); None: no local state.
+    tip_file: Path | None = None
+    #: The mailbox: this forwarder's last heartbeat (whose chain tip is checked at open)
+    #: and the claims (which say whether a request was taken over).
+    mailbox: Store | None = None
+    #: This forwarder process (its intents are not another instance's orphans).
+    instance: str = ""
+    #: At open, every record of this chain's batches of the last ``recent`` seconds (and
+    #: of the spool) is passed to ``on_record``: the forwarder rebuilds its executed ids.
+    #: Intents of that time left by an earlier instance of this forwarder that no record
+    #: completes are completed (``forwarder-died``).
+    recent: float = 0.0
+    on_record: Callable[[dict[str, Any]], None] | None = None
+    #: ``(id, attempt)`` of the attempts completed here for a dead forwarder.
+    completed: set[tuple[str, int]] = field(default_factory=set)
     _buffer: list[dict[str, Any]] = field(default_factory=list)
     _next: int = 0
     _prev: str = ""
@@ -309,8 +442,14 @@ class AuditWriter:
     _written: int = 0
 
     async def open(self) -> None:
-        """Find where this forwarder's chain ends, and take back spooled records."""
-        latest = await self._find_latest()
+        """Find where this forwarder's chain ends, and take back spooled records.
+
+        Raises :class:`AuditTruncated` when the chain in the bucket ends before a batch
+        that the head object, this forwarder's last heartbeat or its local tip file names:
+        newest batches were deleted, and continuing would hide that."""
+        head = await self._read_head()
+        latest = await self._find_latest(head)
+        await self._check_tip(head, latest)
         if latest is not None:
             key, seq, data = latest
             try:
@@ -330,17 +469,139 @@ class AuditWriter:
             self._buffer[:0] = records
             log.warning("audit: %d records from the spool file %s are written first",
                         len(records), self.spool)
+        if latest is not None and self.tip_file is not None:
+            self._save_tip(Tip(latest[1], self._prev, latest[0]))
+        await self._recall()
 
-    async def _find_latest(self) -> tuple[str, int, bytes] | None:
-        head: ChainHead | None = None
+    async def _recall(self) -> None:
+        """Pass the records of this chain's recent batches, and the spooled ones, to
+        ``on_record``; complete the intents an earlier instance left unrecorded."""
+        if self.on_record is None or self.recent <= 0:
+            return
+        now = self.clock()
+        since = now - self.recent
+        keys = []
+        for key in await batch_keys(self.store, since, now):
+            parsed = layout.parse_audit_key(key)
+            if parsed is not None and parsed.forwarder == self.forwarder:
+                keys.append(key)
+        recorded: set[tuple[str, int]] = set()
+        async for item in read_batches(self.store, keys, self.key.public):
+            if isinstance(item, Batch):
+                for record in item.records:
+                    self.on_record(record)
+                    recorded.add((str(record.get("id")), _attempt(record)))
+        for record in self._buffer:
+            self.on_record(record)
+            recorded.add((str(record.get("id")), _attempt(record)))
+        log.debug("audit: %d recent records of %s recalled from %d batches", len(recorded),
+                 self.forwarder, len(keys))
+        await self._complete_orphans(since, now, recorded)
+
+    async def _complete_orphans(self, since: float, now: float,
+                                recorded: set[tuple[str, int]]) -> None:
+        """Record ``forwarder-died`` for each intent that an earlier instance of this
+        forwarder stored in the mailbox and never recorded (killed while executing, or
+        after answering and before its batch was written), unless another forwarder took
+        the request over (a later claim: the taker records it)."""
+        if self.mailbox is None:
+            return
+        keys = [k async for k in self.mailbox.list(layout.CLAIMS)]
+        later: dict[str, int] = {}
+        for key in keys:
+            parsed = layout.parse_claims_key(key)
+            if parsed is not None and parsed[1] is not None and not parsed[2]:
+                later[parsed[0]] = max(later.get(parsed[0], -1), parsed[1])
+        for key in keys:
+            parsed = layout.parse_claims_key(key)
+            if parsed is None or not parsed[2] or parsed[1] is None:
+                continue
+            rid, attempt = parsed[0], parsed[1]
+            if (rid, attempt) in recorded or (rid, attempt) in self.completed:
+                continue
+            if later.get(rid, -1) > attempt:
+                continue  # taken over: the taker records this attempt
+            try:
+                if request_id_time(rid) < since:
+                    continue  # its record may be in a batch older than those recalled
+                intent = parse_intent(
+                    await self.mailbox.get(key, max_bytes=layout.MAX_INTENT_BYTES),
+                    self.key.public)
+            except (ValueError, ObjectNotFound, UnsafeObject):
+                continue
+            except AuditError as exc:
+                log.error("audit: %s: %s", key, exc)
+                continue
+            if intent.forwarder != self.forwarder or intent.instance == self.instance:
+                continue
+            if (intent.id, intent.attempt) != (rid, attempt):
+                continue
+            self.completed.add((rid, attempt))
+            self._buffer.append(intent.completion(self.forwarder, now))
+            log.warning("audit: request %s attempt %d was about to be executed by an "
+                        "earlier instance of %s that died before recording it; recorded "
+                        "as %s", rid, attempt, self.forwarder, FORWARDER_DIED)
+
+    async def _check_tip(self, head: ChainHead | None,
+                         latest: tuple[str, int, bytes] | None) -> None:
+        """Refuse to continue a chain that ends before a batch known to exist."""
+        anchors: list[tuple[str, int, str]] = []
+        if head is not None:
+            anchors.append((f"the head object {layout.audit_head_key(self.forwarder)}",
+                            head.seq, head.hash))
+        if self.tip_file is not None and (tip := load_tip(self.tip_file)) is not None:
+            anchors.append((f"this forwarder's state file {self.tip_file}", tip.seq, tip.hash))
+        if self.mailbox is not None:
+            with contextlib.suppress(ObjectNotFound, UnsafeObject):
+                data = await self.mailbox.get(layout.heartbeat_key(self.forwarder),
+                                              max_bytes=layout.MAX_HEARTBEAT_BYTES)
+                beat = parse_heartbeat(data, self.key.public)
+                if beat is not None and isinstance(beat.audit.get("seq"), int):
+                    anchors.append((f"its last heartbeat (instance {beat.instance})",
+                                    int(beat.audit["seq"]), str(beat.audit.get("hash") or "")))
+        ends = latest[1] if latest is not None else -1
+        digest = hashlib.sha256(latest[2]).hexdigest() if latest is not None else ""
+        where = latest[0] if latest is not None else "(no batch)"
+        for what, seq, tip_hash in anchors:
+            if seq > ends:
+                raise AuditTruncated(
+                    f"audit: the chain of forwarder {self.forwarder} in {self.store.url} ends "
+                    f"at batch {ends} ({where}), but {what} names batch {seq}: "
+                    f"{_missing(self.forwarder, ends + 1, seq)}, or the head rolled back. "
+                    "Refusing to continue from the cut, which would hide them. Run "
+                    "'wonders audit verify'; restore the batches, or to accept the loss "
+                    "remove the objects and files named here and start again"
+                )
+            if seq == ends and tip_hash and tip_hash != digest:
+                raise AuditTruncated(
+                    f"audit: batch {ends} of forwarder {self.forwarder} ({where}) is not the "
+                    f"one {what} names (replaced). Refusing to continue; run "
+                    "'wonders audit verify'"
+                )
+
+    def _save_tip(self, tip: Tip) -> None:
+        assert self.tip_file is not None
         try:
-            head = parse_head(await self.store.get(layout.audit_head_key(self.forwarder),
+            save_tip(self.tip_file, tip)
+        except OSError as exc:
+            log.error("audit: chain tip not saved to %s: %s", self.tip_file, exc)
+
+    async def _read_head(self) -> ChainHead | None:
+        try:
+            return parse_head(await self.store.get(layout.audit_head_key(self.forwarder),
                                                    max_bytes=layout.MAX_AUDIT_HEAD_BYTES),
                               self.key.public)
         except ObjectNotFound:
-            pass
+            return None
         except (AuditError, UnsafeObject) as exc:
             log.error("audit: head object of %s ignored: %s", self.forwarder, exc)
+            return None
+
+    async def _find_latest(self, head: ChainHead | None = None) -> tuple[str, int, bytes] | None:
+        """The newest batch of this chain in the bucket, found by listing from the head
+        object's day on (every day without one): batches beyond the head are found."""
+        if head is None:
+            head = await self._read_head()
         keys: list[str] = []
         if head is not None and (parsed := layout.parse_audit_key(head.key)) is not None:
             today = datetime.fromtimestamp(self.clock(), UTC).date()
@@ -383,7 +644,8 @@ class AuditWriter:
         return self._written
 
     def state(self) -> AuditState:
-        return AuditState(self._next - 1, len(self._buffer), self.full, self._failing)
+        return AuditState(self._next - 1, len(self._buffer), self.full, self._failing,
+                          self._prev)
 
     def add(self, record: dict[str, Any]) -> None:
         """Queue a record. Never drops one; the forwarder checks :attr:`full`."""
@@ -452,6 +714,8 @@ class AuditWriter:
         self._pending = None
         self._next, self._prev = pending.seq + 1, hashlib.sha256(pending.data).hexdigest()
         head = ChainHead(self.forwarder, pending.seq, self._prev, pending.key)
+        if self.tip_file is not None:
+            self._save_tip(Tip(pending.seq, self._prev, pending.key))
         try:
             await self.store.put(layout.audit_head_key(self.forwarder), head.sign(self.key))
         except StoreError as exc:  # the chain is stored; the head is written next time
@@ -549,6 +813,89 @@ class Verification:
     batches: int = 0
     records: int = 0
     problems: list[Problem] = field(default_factory=list)
+    #: Attempts whose intent is stored but no audit record completes it.
+    incomplete: int = 0
+
+
+async def heartbeats_of(store: Store, signer: PublicBundle) -> dict[str, Heartbeat]:
+    """The forwarders' heartbeats in ``store`` that ``signer`` signed, by forwarder."""
+    beats: dict[str, Heartbeat] = {}
+    async for key in store.list(layout.HEARTBEATS):
+        try:
+            beat = parse_heartbeat(await store.get(key, max_bytes=layout.MAX_HEARTBEAT_BYTES),
+                                   signer)
+        except (ObjectNotFound, UnsafeObject):
+            continue
+        if beat is not None and key == layout.heartbeat_key(beat.forwarder):
+            beats[beat.forwarder] = beat
+    return beats
+
+
+def _running(beat: Heartbeat | None, instance: str, now: float) -> bool:
+    """Whether ``instance`` is still at work, by its forwarder's heartbeat."""
+    if beat is None or beat.instance != instance:
+        return False
+    return abs(now - beat.time) <= 3 * beat.interval + 1.0
+
+
+async def incomplete_intents(
+    mailbox: Store, signer: PublicBundle, recorded: set[tuple[str, int]], *,
+    beats: Mapping[str, Heartbeat], intended: Iterable[tuple[str, str, int]] = (),
+    now: float,
+) -> tuple[list[Problem], int]:
+    """Problems with the intents in the mailbox (``claims/<id>/<attempt>.intent``, kept
+    as long as claims): an intent that no record completes (executed, or about to be,
+    with nothing recorded after: *incomplete*), an intent that is not one, and a record
+    made under an intent whose intent object is gone while its claims are still there
+    (``intended``: ``(batch key, id, attempt)`` of such records). Attempts in flight (their
+    forwarder instance is alive) are left out. Returns the problems and how many are
+    incomplete."""
+    intents: dict[tuple[str, int], str] = {}
+    claimed: set[str] = set()
+    async for key in mailbox.list(layout.CLAIMS):
+        parsed = layout.parse_claims_key(key)
+        if parsed is None:
+            continue
+        rid, attempt, is_intent = parsed
+        claimed.add(rid)
+        if is_intent and attempt is not None:
+            intents[(rid, attempt)] = key
+    problems: list[Problem] = []
+    incomplete = 0
+    for (rid, attempt), key in sorted(intents.items()):
+        if (rid, attempt) in recorded:
+            continue
+        try:
+            intent = parse_intent(await mailbox.get(key, max_bytes=layout.MAX_INTENT_BYTES),
+                                  signer)
+        except ObjectNotFound:
+            continue  # swept meanwhile
+        except UnsafeObject as exc:
+            problems.append(Problem(key, f"not a valid intent: {exc}"))
+            continue
+        except AuditError as exc:
+            problems.append(Problem(key, f"not a valid intent: {exc}"))
+            continue
+        if (intent.id, intent.attempt) != (rid, attempt):
+            problems.append(Problem(key, f"holds the intent of request {intent.id} attempt "
+                                         f"{intent.attempt} (copied)"))
+            continue
+        if _running(beats.get(intent.forwarder), intent.instance, now):
+            continue  # in flight: its record is still to come
+        incomplete += 1
+        problems.append(Problem(key, (
+            f"request {rid} attempt {attempt} of client {intent.client} ({intent.method} "
+            f"{intent.scheme}://{intent.host}{intent.path}, {intent.decision}) was about to "
+            f"be executed by forwarder {intent.forwarder} at {intent.time}, and no audit "
+            "record completes it (incomplete: the forwarder died, and no other forwarder "
+            "has recorded it since)")))
+    for batch_key, rid, attempt in intended:
+        if (rid, attempt) not in intents and rid in claimed:
+            problems.append(Problem(batch_key, (
+                f"records request {rid} attempt {attempt} as executed under an intent, but "
+                f"{layout.intent_key(rid, attempt)} is gone while its claims are kept "
+                "(deleted)")))
+    return problems, incomplete
 
 
 def _placement(batch: Batch) -> str | None:
@@ -566,11 +913,21 @@ def _placement(batch: Batch) -> str | None:
 async def verify_log(
     store: Store, signer: PublicBundle, *, since: float | None = None,
     until: float | None = None, clock: Callable[[], float] = time.time,
+    mailbox: Store | None = None,
 ) -> Verification:
     """Check every batch (from ``since``; None: all): signatures, placement, and each
-    forwarder's chain — gaps, breaks, duplicates, and batches missing at the end."""
+    forwarder's chain — gaps, breaks, duplicates, and batches missing at the end (past
+    the newest batch the head object or the forwarder's signed heartbeat names); then
+    every intent: an executed request that no record completes is reported.
+    ``mailbox`` holds the heartbeats and intents (default: ``store``, where the audit log
+    is unless the forwarder was given a separate audit store)."""
     result = Verification()
-    keys = await batch_keys(store, since, until if until is not None else clock())
+    now = clock()
+    end = until if until is not None else now
+    keys = await batch_keys(store, since, end)
+    beats = await heartbeats_of(mailbox or store, signer)
+    recorded: set[tuple[str, int]] = set()
+    intended: list[tuple[str, str, int]] = []
     chains: dict[str, list[Batch]] = {}
     invalid: dict[str, set[int]] = {}  # reported already: not reported missing as well
     async for item in read_batches(store, keys, signer):
@@ -582,6 +939,11 @@ async def verify_log(
             continue
         result.batches += 1
         result.records += len(item.records)
+        for record in item.records:
+            done = (str(record.get("id")), _attempt(record))
+            recorded.add(done)
+            if record.get("intent"):
+                intended.append((item.key, *done))
         misplaced = _placement(item)
         if misplaced:
             result.problems.append(Problem(item.key, misplaced))
@@ -595,16 +957,33 @@ async def verify_log(
             continue
         heads[head.forwarder] = head
         chains.setdefault(head.forwarder, [])
+    tips: dict[str, tuple[int, str]] = {}
+    for forwarder, beat in beats.items():
+        seq = beat.audit.get("seq")
+        if isinstance(seq, int) and seq >= 0:
+            tips[forwarder] = (seq, str(beat.audit.get("hash") or ""))
+            chains.setdefault(forwarder, [])
     result.forwarders = len(chains)
     for forwarder, batches in sorted(chains.items()):
         result.problems += _check_chain(forwarder, batches, heads.get(forwarder),
-                                        invalid.get(forwarder, set()), whole=since is None)
+                                        invalid.get(forwarder, set()), whole=since is None,
+                                        tip=tips.get(forwarder))
+    problems, result.incomplete = await incomplete_intents(
+        mailbox or store, signer, recorded, beats=beats, intended=intended, now=now)
+    result.problems += problems
     return result
+
+
+def _attempt(record: Mapping[str, Any]) -> int:
+    try:
+        return int(record.get("attempt") or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _check_chain(
     forwarder: str, batches: list[Batch], head: ChainHead | None, invalid: set[int], *,
-    whole: bool,
+    whole: bool, tip: tuple[int, str] | None = None,
 ) -> list[Problem]:
     problems: list[Problem] = []
     batches = sorted(batches, key=lambda b: (b.seq, b.key))
@@ -627,15 +1006,24 @@ def _check_chain(
             problems.append(Problem(after.key, f"does not follow {before.key}: the chain is "
                                                "broken (a batch was replaced or reordered)"))
     last = batches[-1] if batches else None
+    # What names the newest batch: the head object, and the signed heartbeat of a running
+    # forwarder (a rolled-back or deleted head does not hide deleted batches from it).
+    anchors: list[tuple[str, str, int, str]] = []
     if head is not None:
-        where = layout.audit_head_key(forwarder)
-        if last is None or head.seq > last.seq:
+        anchors.append((layout.audit_head_key(forwarder), "the head object", head.seq,
+                        head.hash))
+    if tip is not None:
+        anchors.append((layout.heartbeat_key(forwarder), f"the heartbeat of {forwarder}",
+                        *tip))
+    if anchors:
+        where, what, seq, _ = max(anchors, key=lambda a: a[2])
+        if last is None or seq > last.seq:
             first = last.seq + 1 if last else 0
             if whole or last is not None:
-                missing(where, first, head.seq,
-                        f" at the end (the head object names batch {head.seq})")
-        elif head.seq == last.seq and head.hash != last.hash:
-            problems.append(Problem(last.key, "differs from the batch the head object names "
+                missing(where, first, seq, f" at the end ({what} names batch {seq})")
+    for _where, what, seq, digest in anchors:
+        if last is not None and seq == last.seq and digest and digest != last.hash:
+            problems.append(Problem(last.key, f"differs from the batch {what} names "
                                               "(replaced)"))
     return problems
 

@@ -14,6 +14,11 @@ Theory of operation:
   was not retried. Claims stay, with ``claims/<id>/done`` once answered, until the request
   can no longer open (``max_request_lifetime`` + skew), so a copied head is never
   executed twice. A janitor then deletes them, and whatever else outlived its expiry.
+  Claims can be deleted by a mailbox writer, so the forwarder also keeps the ids it
+  answered (memory, state file, rebuilt from its audit log) and refuses them as replays.
+* **Intent.** Before the upstream sees a byte, ``claims/<id>/<attempt>.intent`` (signed,
+  create-only) says what is about to be executed; whoever takes the request over, or
+  this forwarder restarted, records a dead attempt from it (``forwarder-died``).
 * **Open.** Only a request signed by the client whose mailbox holds it, under its own id,
   within its lifetime, is executed. Unauthenticated objects are deleted and logged; an
   authenticated but expired request is answered with an error, never executed.
@@ -78,9 +83,13 @@ from wonders.relay._store import OddKeys, Store
 from wonders.relay._throttle import Throttle
 from wonders.relay._watch import watch
 from wonders.relay.audit import (
+    FORWARDER_DIED,
+    AuditError,
     AuditWriter,
+    Intent,
     is_credential,
     iso_time,
+    parse_intent,
     redact_headers,
     redact_target,
 )
@@ -112,6 +121,7 @@ from wonders.relay.segmenter import (
     Whole,
     flush_delay_for,
 )
+from wonders.relay.state import ExecutedIds, state_paths
 from wonders.relay.upstream import (
     AddressDenied,
     ResponseHeadersTooLarge,
@@ -210,6 +220,8 @@ class _Outcome:
     url: str = ""
     #: Nothing was done (the head vanished, or an earlier attempt already answered).
     nothing: bool = False
+    #: An intent was stored for this attempt: its record must be written, whatever happens.
+    intent: bool = False
 
 
 class _ErrorReply(Exception):
@@ -321,6 +333,10 @@ class _ResponseWriter:
     def started(self) -> bool:
         return self._sealed is not None
 
+    @property
+    def client(self) -> str:
+        return self._client
+
 
 def _error_head(status: int, code: str, message: str, extra: Headers = ()) -> tuple[
     ResponseHead, bytes
@@ -386,10 +402,16 @@ class Forwarder:
         self._liveness = Liveness(self.settings.stale_after, self.settings.skew)
         #: Set once the first heartbeat is stored: from then on clients see this forwarder.
         self.ready = asyncio.Event()
+        # Replay protection that does not trust the mailbox: the ids answered here until
+        # they can no longer open, kept beside the spool and rebuilt from the audit log.
+        horizon = self.settings.max_request_lifetime + 2 * self.settings.skew
+        executed_file, tip_file = state_paths(audit_spool) if audit_spool else (None, None)
+        self._executed = ExecutedIds(horizon, executed_file, clock)
         self.audit = AuditWriter(
             audit_store or store, key, self.settings.id, batch_records=self.settings.audit_batch,
             interval=self.settings.audit_interval, capacity=self.settings.audit_capacity,
-            spool=audit_spool, clock=clock,
+            spool=audit_spool, clock=clock, tip_file=tip_file, mailbox=store,
+            instance=self.instance, recent=horizon, on_record=self._executed.note,
         )
         self._keep_query = audit_keep_query
         self._blocked = False
@@ -705,7 +727,7 @@ class Forwarder:
         if layout.done_key(rid) in keys:
             await self._delete_request(client, rid)  # answered: only leftovers remain
             return None
-        attempts = sorted(k for k in keys if not k.endswith("/done"))
+        attempts = sorted(k for k in keys if k.rsplit("/", 1)[1].isdigit())
         latest = attempts[-1] if attempts else layout.claim_key(rid, 0)
         try:
             held = parse_claim(await self.store.get(latest, max_bytes=layout.MAX_CLAIM_BYTES))
@@ -722,7 +744,31 @@ class Forwarder:
             self._recheck[rid] = now + self.settings.stale_after / 2
             return None
         log.info("request %s: took over a stale claim (attempt %d)", rid, attempt)
+        if held is None or held.instance != self.instance:
+            await self._complete(rid, attempt - 1)
         return attempt
+
+    async def _complete(self, rid: str, attempt: int) -> None:
+        """Record attempt ``attempt`` (taken over here) if its forwarder died after storing
+        its intent, when the upstream may have seen it, and before recording it."""
+        if attempt < 0 or (rid, attempt) in self.audit.completed:
+            return
+        key = layout.intent_key(rid, attempt)
+        try:
+            intent = parse_intent(
+                await self.store.get(key, max_bytes=layout.MAX_INTENT_BYTES), self.key.public)
+        except ObjectNotFound:
+            return  # it stopped before anything could go upstream
+        except (StoreError, AuditError) as exc:
+            log.warning("request %s: the intent of attempt %d is unusable (%s); "
+                        "'wonders audit verify' will report it", rid, attempt, exc)
+            return
+        if (intent.id, intent.attempt) != (rid, attempt) or intent.instance == self.instance:
+            return
+        self.audit.completed.add((rid, attempt))
+        self.audit.add(intent.completion(self.settings.id, self.clock()))
+        log.warning("request %s: attempt %d by forwarder %s died after it was about to be "
+                    "executed; recorded as %s", rid, attempt, intent.forwarder, FORWARDER_DIED)
 
     async def _stale(self, claim: Claim) -> bool:
         now = self.clock()
@@ -755,6 +801,8 @@ class Forwarder:
             opened = await self._open(client, rid, outcome, fetched)
             if opened is None:
                 return
+            if not await self._admit(client, rid, attempt, opened, outcome):
+                return
             writer = _ResponseWriter(self, opened, client)
             try:
                 await self._serve(client, opened, attempt, writer, outcome)
@@ -768,13 +816,14 @@ class Forwarder:
             outcome.response_sha256 = writer.sha256
             with contextlib.suppress(ObjectExists):
                 await self.store.put(layout.done_key(rid), b"", create_only=True)
+            self._executed.add(rid, opened.expires + 2 * self.settings.skew)
             await self._delete_request(client, rid, streamed=opened.body is None)
         except StoreError as exc:
             outcome.error = outcome.error or f"store: {exc}"
             raise
         finally:
             self._log(client, rid, opened, outcome, started)
-            if not outcome.nothing:
+            if not outcome.nothing or outcome.intent:
                 record = self._record(client, rid, attempt, opened, outcome, claimed, started)
                 self.audit.add(record)
                 if self.metrics is not None:
@@ -829,6 +878,52 @@ class Forwarder:
             await self._delete_request(client, rid)
             return None
         return opened
+
+    async def _admit(self, client: str, rid: str, attempt: int, request: OpenedRequest,
+                     outcome: _Outcome) -> bool:
+        """Whether this opened request may go on to be served: not a replay. If it may go
+        upstream, its intent is stored first (create-only, beside its claim), so that
+        nothing is executed unaudited even if this process is killed: a forwarder taking
+        the request over, or this one restarted, records it; an intent already there for
+        this attempt means the claims were deleted and the head copied back."""
+        if rid in self._executed:
+            return await self._replayed(client, rid, request, outcome,
+                                        "this forwarder answered it already")
+        method, url = request.head.method, request.head.url
+        size = len(request.body) if request.body is not None else None
+        now = self.clock()
+        decision = self._policy.decide(client, method, url, now=now, request_bytes=size)
+        parts = urlsplit(url)
+        if parts.hostname == PING_HOST or not decision.allowed:
+            return True  # nothing goes upstream
+        intent = Intent(
+            self.settings.id, self.instance, rid, attempt, client, iso_time(now), method,
+            parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+            redact_target(url, keep_query=self._keep_query), decision.action,
+            decision.rule or None,
+        )
+        data = intent.sign(self.key)
+        key = layout.intent_key(rid, attempt)
+        try:
+            await self.store.put(key, data, create_only=True)
+        except ObjectExists:
+            if await self.store.get(key, max_bytes=layout.MAX_INTENT_BYTES) != data:
+                return await self._replayed(client, rid, request, outcome,
+                                            f"attempt {attempt} has an intent already ({key})")
+        outcome.intent = True
+        return True
+
+    async def _replayed(self, client: str, rid: str, request: OpenedRequest,
+                        outcome: _Outcome, why: str) -> bool:
+        """Refuse a request executed before, whose head came back: audited, not answered
+        (its client had its answer), and removed."""
+        self.counters.rejected += 1
+        outcome.decision, outcome.error = "rejected", "replay"
+        log.warning("request %s from %s refused as a replay: %s", rid, client, why)
+        with contextlib.suppress(ObjectExists):
+            await self.store.put(layout.done_key(rid), b"", create_only=True)
+        await self._delete_request(client, rid, streamed=request.body is None)
+        return False
 
     async def _refuse(self, request: OpenedRequest, client: str, status: int, code: str,
                       message: str) -> None:
@@ -913,7 +1008,15 @@ class Forwarder:
 
     async def _pong(self, request: OpenedRequest, writer: _ResponseWriter,
                     outcome: _Outcome) -> None:
-        """Answer ``wonders ping`` here: no policy, no upstream, no DNS."""
+        """Answer ``wonders ping`` here: no upstream, no DNS; only the client's
+        ``not_before``/``not_after`` window of the policy applies."""
+        client = writer.client
+        window = self._policy.window(client, now=self.clock())
+        if not window.allowed:
+            self.counters.denied += 1
+            outcome.decision, outcome.rule = "deny", window.rule
+            raise _ErrorReply(403, "policy-denied",
+                              f"wonders: denied by policy ({window.rule}): {window.reason}")
         body = json.dumps({
             "forwarder": self.settings.id, "instance": self.instance, "version": __version__,
             "time": self.clock(), "in_flight": self.in_flight, "request": request.id,
@@ -1173,8 +1276,12 @@ class Forwarder:
             "request_sha256": outcome.request_sha256.hex() if outcome.request_sha256 else None,
             "response_sha256": (outcome.response_sha256.hex() if outcome.response_sha256
                                 else None),
-            "request_headers": [], "response_headers": redact_headers(outcome.response_headers),
+            "request_headers": [],
+            "response_headers": redact_headers(outcome.response_headers,
+                                               keep_query=self._keep_query),
         }
+        if outcome.intent:
+            record["intent"] = True
         if request is not None:
             fetched = outcome.url or request.head.url
             url = urlsplit(fetched)
@@ -1183,7 +1290,8 @@ class Forwarder:
                 port=url.port or (443 if url.scheme == "https" else 80),
                 path=redact_target(fetched, keep_query=self._keep_query),
                 queue_ms=_ms(claimed - request.issued),
-                request_headers=redact_headers(request.head.headers),
+                request_headers=redact_headers(request.head.headers,
+                                               keep_query=self._keep_query),
             )
         if outcome.redirects:
             record["redirects"] = outcome.redirects

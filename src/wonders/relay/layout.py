@@ -5,6 +5,8 @@
     requests/<client>/<id>/head          sealed request head (small bodies inline)
     requests/<client>/<id>/body/<n>      streamed request body segments, written before the head
     claims/<id>/<attempt>                a forwarder's create-only claim (attempt 0000, 0001, …)
+    claims/<id>/<attempt>.intent         what that attempt is about to execute (signed,
+                                         create-only, stored before the upstream sees a byte)
     claims/<id>/done                     written once the request is answered; kept until expiry
     responses/<client>/<id>/head         sealed response head
     responses/<client>/<id>/body/<n>     streamed response body segments, the trailer last
@@ -39,6 +41,7 @@ _DIGITS = 8
 MAX_HEAD_BYTES: Final = MAX_HEAD_OBJECT  # request and response heads, inline body included
 MAX_SEGMENT_BYTES: Final = MAX_SEGMENT_OBJECT  # one stored body segment
 MAX_CLAIM_BYTES: Final = 4096
+MAX_INTENT_BYTES: Final = 64 * 1024  # a signed intent: the audit essentials of one attempt
 MAX_HEARTBEAT_BYTES: Final = 64 * 1024
 MAX_AUDIT_HEAD_BYTES: Final = 64 * 1024
 #: The audit writer cuts batches so that none is larger (see AuditWriter).
@@ -81,6 +84,26 @@ def claim_key(request_id: str, attempt: int) -> str:
     if not 0 <= attempt < 10_000:
         raise ValueError(f"claim attempt {attempt} out of range")
     return f"{claim_prefix(request_id)}{attempt:04d}"
+
+
+def intent_key(request_id: str, attempt: int) -> str:
+    """The intent of attempt ``n``: the audit essentials of what it is about to execute."""
+    return claim_key(request_id, attempt) + ".intent"
+
+
+def parse_claims_key(key: str) -> tuple[str, int | None, bool] | None:
+    """``(request id, attempt, is an intent)`` of ``claims/<id>/<attempt>[.intent]``
+    (attempt None for ``done``); None for anything else."""
+    parts = key.split("/")
+    if len(parts) != 3 or f"{parts[0]}/" != CLAIMS or not ID_PATTERN.fullmatch(parts[1]):
+        return None
+    name = parts[2]
+    if name == "done":
+        return parts[1], None, False
+    number = name.removesuffix(".intent")
+    if len(number) != 4 or not number.isdigit():
+        return None
+    return parts[1], int(number), name.endswith(".intent")
 
 
 def done_key(request_id: str) -> str:

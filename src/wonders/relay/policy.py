@@ -304,6 +304,27 @@ class Policy:
         entry = self._by_kid.get(kid)
         return entry.bundle if entry else None
 
+    def window(self, client: str, *, now: float) -> Decision:
+        """Whether ``client`` may make requests at all at ``now``: its entry, and its
+        ``not_before``/``not_after`` window (as :meth:`decide` applies them). For what the
+        forwarder answers itself (``wonders ping``)."""
+        entry = self.clients.get(client)
+        if entry is None:
+            return _deny("no client entry", f"client {client!r} is not in the policy")
+        who = f"client {client}"
+        rule = reason = ""
+        if entry.not_before is not None and now < entry.not_before:
+            rule = f"{who}: not_before {_when(entry.not_before)}"
+            reason = f"{client} may not make requests before {_when(entry.not_before)}"
+        elif entry.not_after is not None and now > entry.not_after:
+            rule = f"{who}: not_after {_when(entry.not_after)}"
+            reason = f"{client}'s access ended at {_when(entry.not_after)}"
+        if not rule:
+            return Decision("allow", f"{who}: within its window", "")
+        if entry.mode == "report":
+            return Decision("report", rule, f"would deny: {reason}")
+        return _deny(rule, reason)
+
     def decide(
         self, client: str, method: str, url: str, *, now: float,
         request_bytes: int | None = None,

@@ -1,0 +1,38 @@
+"""Fixtures and helpers shared by the hardening regression tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.relay.harness import Keys, Upstream, make_keys
+from wonders.crypto import PrivateKey
+from wonders.relay import Store
+from wonders.relay.audit import Batch, batch_keys, read_batches
+
+
+@pytest.fixture
+def keys(tmp_path: Path, upstream: Upstream) -> Keys:
+    return make_keys(tmp_path, int(upstream.url.rsplit(":", 1)[1]))
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str,
+                within: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def records(store: Store, signer: PrivateKey) -> list[dict[str, Any]]:
+    """Every record of every verified batch."""
+    keys = await batch_keys(store, None, time.time())
+    found = [item async for item in read_batches(store, keys, signer.public)]
+    assert all(isinstance(b, Batch) for b in found), found
+    return [r for b in found if isinstance(b, Batch) for r in b.records]
