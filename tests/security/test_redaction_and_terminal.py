@@ -96,7 +96,8 @@ def test_followed_records_print_no_control_character(capsys: pytest.CaptureFixtu
 async def test_forwarder_log_lines_escape_control_characters(
     tmp_path: Path, keys: Keys, upstream: Upstream
 ) -> None:
-    """An object key chosen by a mailbox writer is logged as junk: escaped, one line."""
+    """An object name chosen by a mailbox writer is logged as not a key: escaped, one
+    line."""
     write_key_files(keys.forwarder, tmp_path / "keys", force=True)  # beside make_keys'
     junk = tmp_path / "mailbox" / "requests" / f"x{EVIL}" / "y"
     junk.mkdir(parents=True)
@@ -104,16 +105,16 @@ async def test_forwarder_log_lines_escape_control_characters(
     process = Process(_config(tmp_path, upstream), tmp_path / "forward.log")
     try:
         async def logged() -> bool:
-            return "junk object" in process.output()
+            return "not a valid object key" in process.output()
 
-        await until(logged, "the junk object to be logged")
+        await until(logged, "the odd name to be logged")
     finally:
         process.proc.terminate()
         await process.wait()
     text = process.output()
     assert "\x1b" not in text
     assert "\x07" not in text
-    assert "junk object requests/x\\x1b]0;owned\\x07" in text
+    assert "requests/x\\x1b]0;owned\\x07" in text
 
 
 async def test_ping_outside_the_clients_window_is_refused(
