@@ -88,7 +88,8 @@ bundle = "follower.pub"
                 text = (await response.read()).decode()
             assert "headers" in text
             claims = sorted([k async for k in store.list(layout.CLAIMS)])
-            assert [k.rsplit("/", 1)[1] for k in claims] == ["0000", "done"]
+            # one attempt (its claim and its intent), answered: executed once, not retried
+            assert [k.rsplit("/", 1)[1] for k in claims] == ["0000", "0000.intent", "done"]
         assert raw.requests == 1
     finally:
         raw.closing.set()
