@@ -427,3 +427,29 @@ async def wonder_run_env(extra: dict[str, str], *args: str, timeout: float = 120
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return Done(proc.returncode, out.decode(), err.decode())
+
+
+async def test_check_shows_the_environment_masked_and_makes_one_round_trip(
+    upstream: Upstream,
+) -> None:
+    done = await wonder_run(*local(upstream)[:-1], "--check")
+    assert done.code == 0, done.out + done.err
+    env = dict(line.split("=", 1) for line in done.out.splitlines() if "=" in line)
+    assert re.fullmatch(r"http://wonders:\*\*\*\*@127\.0\.0\.1:\d+", env["HTTPS_PROXY"])
+    assert env["SSL_CERT_FILE"] == env["WGETRC"].replace("wgetrc", "ca-bundle.pem")
+    assert "answered by local" in done.out.splitlines()[-1]
+
+
+async def test_check_without_a_forwarder_exits_1(tmp_path: Path) -> None:
+    from wonders.crypto import PrivateKey, write_key_files
+
+    (tmp_path / "mailbox").mkdir(mode=0o700)
+    for name in ("gpu01", "fw1"):
+        write_key_files(PrivateKey.generate(name), tmp_path)
+    config = tmp_path / "client.toml"
+    config.write_text(f'key = "gpu01.key"\nforwarder = "fw1.pub"\n'
+                      f'mailbox = "{(tmp_path / "mailbox").as_uri()}"\n')
+    done = await wonder_run("--config", str(config), "--check")
+    assert done.code == 1, done.out + done.err
+    assert "no forwarder is alive" in done.err
+    assert "HTTPS_PROXY=http://wonders:****@" in done.out

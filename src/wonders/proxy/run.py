@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import difflib
 import ipaddress
+import json
 import logging
 import os
 import secrets
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -169,6 +171,7 @@ class Options:
     no_proxy: Sequence[str] = ()
     verbose: bool = False
     isolate: bool = False
+    check: bool = False
     say: Callable[[str], None] = field(default=lambda line: click.echo(line, err=True))
 
 
@@ -377,6 +380,38 @@ async def _run_child(command: list[str], env: dict[str, str], say: Callable[[str
     return 128 - code if code < 0 else code
 
 
+#: What --check shows of the command's environment: what wonder-run sets.
+CHECK_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", *CA_VARIABLES, "WGETRC",
+                   "NODE_USE_ENV_PROXY", "npm_config_proxy", "npm_config_https_proxy",
+                   "npm_config_noproxy", "npm_config_cafile", "CONDA_SSL_VERIFY",
+                   "MAMBA_SSL_VERIFY")
+
+
+async def _check(client: RelayClient, env: dict[str, str], secret: str,
+                 say: Callable[[str], None]) -> int:
+    """``--check``: show the environment a command would get (the secret masked), then one
+    signed round trip that the forwarder answers itself. 0 if it came back."""
+    from wonders.relay.records import PING_URL
+
+    for name in CHECK_VARIABLES:
+        click.echo(f"{name}={env[name].replace(secret, '****')}")
+    started = time.monotonic()
+    try:
+        async with await client.request("GET", PING_URL, timeout=30) as answer:
+            body = await answer.read()
+    except WondersError as exc:
+        say(f"wonder-run: check: no round trip through {client.store.url}: {exc}")
+        return 1
+    if answer.status != 200:
+        say(f"wonder-run: check: the forwarder answered {answer.status}: "
+            f"{body.decode(errors='replace').strip()}")
+        return 1
+    who = json.loads(body).get("forwarder", "?")
+    click.echo(f"round trip through {client.store.url}: {(time.monotonic() - started) * 1000:.0f}"
+               f" ms, answered by {who}")
+    return 0
+
+
 async def run(opts: Options) -> int:
     """Run ``opts.command`` through the relay; returns its exit status."""
     from wonders.proxy.bridge import Bridge
@@ -403,6 +438,8 @@ async def run(opts: Options) -> int:
                 if opts.config and opts.config.endpoint:
                     no_proxy.append(urlsplit(opts.config.endpoint).hostname or "")
                 env = child_env(port, bundle, [h for h in no_proxy if h], secret, work)
+                if opts.check:
+                    return await _check(client, env, secret, opts.say)
                 warning = node_warning(opts.command)
                 if warning:
                     opts.say(warning)
@@ -442,11 +479,14 @@ async def run(opts: Options) -> int:
               help="Run COMMAND in its own network namespace where only the proxy is "
                    "reachable (no root needed; default: 'isolate' in the client config, "
                    "else off).")
+@click.option("--check", is_flag=True,
+              help="Print the environment COMMAND would get (the proxy secret masked), make "
+                   "one round trip through the relay, and exit (no COMMAND).")
 @click.option("-v", "--verbose", is_flag=True, help="One line per request on stderr.")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def main(config_file: Path | None, local: bool, allow_private: bool, upstream_ca: Path | None,
-         mailbox: Path | None, no_proxy: tuple[str, ...], isolate: bool | None, verbose: bool,
-         command: tuple[str, ...]) -> None:
+         mailbox: Path | None, no_proxy: tuple[str, ...], isolate: bool | None, check: bool,
+         verbose: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND with its HTTP(S) requests relayed to the internet through wonders.
 
     \b
@@ -458,12 +498,16 @@ def main(config_file: Path | None, local: bool, allow_private: bool, upstream_ca
     """
     if not local and (allow_private or upstream_ca or mailbox):
         raise click.UsageError("--allow-private, --upstream-ca and --mailbox go with --local")
+    if check and command:
+        raise click.UsageError("--check runs no command; drop the command, or --check")
+    if not check and not command:
+        raise click.UsageError("Missing argument 'COMMAND...'.")
     try:
         config = None if local else load_client_config(find_client_config(config_file))
         if isolate is None:
             isolate = config.isolate if config is not None else False
         opts = Options(list(command), config, local, allow_private, upstream_ca, mailbox,
-                       no_proxy, verbose, isolate)
+                       no_proxy, verbose, isolate, check=check)
         code = asyncio.run(run(opts))
     except IsolationUnavailable:
         sys.exit(2)  # the one line saying why is written; the command did not run
