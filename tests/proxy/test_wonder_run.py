@@ -26,7 +26,7 @@ import trustme
 from aiohttp import web
 
 from tests.proxy.conftest import download_child, pattern_sha256
-from tests.relay.harness import Upstream
+from tests.relay.harness import Upstream, serve_upstream
 
 WONDER_RUN = str(Path(sys.executable).parent / "wonder-run")
 GIT = shutil.which("git") or "git"
@@ -453,3 +453,16 @@ async def test_check_without_a_forwarder_exits_1(tmp_path: Path) -> None:
     assert done.code == 1, done.out + done.err
     assert "no forwarder is alive" in done.err
     assert "HTTPS_PROXY=http://wonders:****@" in done.out
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
+async def test_npm_uses_the_proxy_and_the_bundle(tmp_path: Path) -> None:
+    # A registry named by host name, outside NO_PROXY ("localhost." is not "localhost"):
+    # npm takes the proxy and the CA from npm_config_*; /echo answers its ping.
+    async with serve_upstream(tmp_path) as named:
+        registry = named.url.replace("https://localhost:", "https://localhost.:") + "/echo/"
+        done = await wonder_run_env({"npm_config_cache": str(tmp_path / "npm-cache")},
+                                    *local(named), "npm", "ping", "--registry", registry)
+    assert done.code == 0, done.out + done.err
+    assert "PONG" in done.err
+    assert named.hits["/echo/-/ping"] == 1
