@@ -886,9 +886,12 @@ class Forwarder:
         nothing is executed unaudited even if this process is killed: a forwarder taking
         the request over, or this one restarted, records it; an intent already there for
         this attempt means the claims were deleted and the head copied back."""
-        if rid in self._executed:
+        if rid in self._executed and attempt == 0:
+            # executed here, and its claims are gone: copied back. (A later attempt is a
+            # takeover of this forwarder's own unfinished one: _serve never runs a POST
+            # again, and re-runs an idempotent method as any takeover does.)
             return await self._replayed(client, rid, request, outcome,
-                                        "this forwarder answered it already")
+                                        "this forwarder ran it already")
         method, url = request.head.method, request.head.url
         size = len(request.body) if request.body is not None else None
         now = self.clock()
@@ -911,6 +914,8 @@ class Forwarder:
                 return await self._replayed(client, rid, request, outcome,
                                             f"attempt {attempt} has an intent already ({key})")
         outcome.intent = True
+        # executed from here on, whatever happens to its done marker or its head later
+        self._executed.add(rid, request.expires + 2 * self.settings.skew)
         return True
 
     async def _replayed(self, client: str, rid: str, request: OpenedRequest,
