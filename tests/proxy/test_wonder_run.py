@@ -466,3 +466,22 @@ async def test_npm_uses_the_proxy_and_the_bundle(tmp_path: Path) -> None:
     assert done.code == 0, done.out + done.err
     assert "PONG" in done.err
     assert named.hits["/echo/-/ping"] == 1
+
+
+async def test_names_planted_in_the_mailbox_cannot_steer_the_terminal(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """Review: wonder-run printed store warnings with Python's default handler, so a name
+    planted in a shared mailbox reached the node user's terminal raw."""
+    mailbox = tmp_path / "mailbox"
+    planted = mailbox / "responses" / "local" / "x\x1b[31mRED\x1b[0m\nwonder-run: forged"
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(b"")
+    done = await wonder_run(*local(upstream, "--mailbox", str(mailbox)), *python(f"""
+        import urllib.request
+        print(urllib.request.urlopen({upstream.url + "/echo"!r}).status)
+    """))
+    assert done.code == 0, done.err
+    assert "not a valid object key" in done.err  # it was reported...
+    assert "\x1b" not in done.err  # ...escaped
+    assert not any(line.startswith("wonder-run: forged") for line in done.err.splitlines())

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from wonders._text import SafeFormatter
 from wonders.crypto import PrivateKey, PublicBundle, load_private_key, load_public_bundle
 from wonders.errors import ConfigError, WondersError
 from wonders.proxy.ca import ca_dir, check_ca_key, write_trust_bundle
@@ -502,6 +503,11 @@ def main(config_file: Path | None, local: bool, allow_private: bool, upstream_ca
         raise click.UsageError("--check runs no command; drop the command, or --check")
     if not check and not command:
         raise click.UsageError("Missing argument 'COMMAND...'.")
+    # log lines may quote names planted in the mailbox: control characters escaped, so
+    # none can steer the terminal or forge a line
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("wonder-run: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     try:
         config = None if local else load_client_config(find_client_config(config_file))
         if isolate is None:
