@@ -54,7 +54,7 @@ async def test_the_watcher_follows_the_prefix_as_it_comes_and_goes(tmp_path: Pat
             await expect_wake("segment")
             await store.delete("responses/gpu01/01J0000000000000000000000A/body/00000000")
             await store.delete("responses/gpu01/01J0000000000000000000000A/head")
-            assert not (tmp_path / "responses").exists()
+            assert not (tmp_path / "responses" / "gpu01").exists()
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

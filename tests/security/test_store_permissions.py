@@ -152,3 +152,17 @@ def test_init_refuses_a_world_writable_mailbox(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert f"run chmod o-rwx {root}" in result.output
     assert not (tmp_path / "gpu").exists()  # refused before anything was written
+
+
+async def test_deleting_the_last_object_keeps_the_top_level_directories(tmp_path: Path) -> None:
+    """Review: removing empty parents climbed to the root, so the next job's write made
+    requests/ anew, owned by that job's user."""
+    from wonders.relay import DirectoryStore
+
+    root = tmp_path / "mailbox"
+    root.mkdir(mode=0o700)
+    async with DirectoryStore(root) as store:
+        await store.put("requests/gpu01/01M800000000000000000000AA/head", b"x")
+        await store.delete("requests/gpu01/01M800000000000000000000AA/head")
+    assert [p.name for p in root.iterdir()] == ["requests"]
+    assert list((root / "requests").iterdir()) == []

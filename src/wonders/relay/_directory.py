@@ -372,7 +372,8 @@ class DirectoryStore:
 
     def _delete(self, key: str) -> None:
         """Remove the name ``key`` (never what a link points to), then the directories
-        that became empty, up to the root."""
+        that became empty, up to the top-level ones (``requests/``, …), which stay as the
+        operator made them: a job's next write must not make them anew as its own."""
         parts = key.split("/")
         try:
             fds = [self._open_root(False)]
@@ -390,7 +391,7 @@ class DirectoryStore:
                 pass
             except OSError as exc:
                 raise self._located(exc, self._where(key)) from None
-            for i in range(len(parts) - 2, -1, -1):
+            for i in range(len(parts) - 2, 0, -1):
                 try:
                     os.rmdir(parts[i], dir_fd=fds[i])
                 except OSError:  # not empty (or already gone): stop climbing
