@@ -57,8 +57,7 @@ from wonders.errors import (
     StorePermissionError,
     UnsafeObject,
 )
-from wonders.relay._store import MAX_KEY, check_key, check_prefix
-from wonders.relay._throttle import Throttle
+from wonders.relay._store import MAX_KEY, OddKeys, check_key, check_prefix
 
 __all__ = ["DIR_MODE", "FILE_MODE", "PRIVATE_MODE", "TOP_DIRS", "DirectoryStore"]
 
@@ -101,7 +100,8 @@ class DirectoryStore:
     def __init__(self, root: str | os.PathLike[str], *, threads: int = 32) -> None:
         self.root = Path(os.path.realpath(Path(root).absolute()))
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wonders-dir")
-        self._skipped = Throttle(3600.0)
+        # what is not an object, reported once each (bounded), never again on each listing
+        self._odd = OddKeys(log)
 
     async def _io(self, fn: Callable[..., _T], *args: object) -> _T:
         loop = asyncio.get_running_loop()
@@ -487,8 +487,7 @@ class DirectoryStore:
             yield key
 
     def _skip(self, rel: str, why: str) -> None:
-        if self._skipped(rel):
-            log.warning("%s: ignoring %s: %s", self.url, self._where(rel), why)
+        self._odd.report(rel, f"{self.url}: ignored: {why}")
 
     def _list(self, prefix: str, start_after: str | None) -> builtins.list[str]:
         top = prefix.rpartition("/")[0]

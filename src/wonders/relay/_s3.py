@@ -42,8 +42,7 @@ from botocore.exceptions import (
 )
 
 from wonders.errors import ObjectExists, ObjectNotFound, ObjectTooLarge, StoreError
-from wonders.relay._store import check_key, check_prefix
-from wonders.relay._throttle import Throttle
+from wonders.relay._store import OddKeys, check_key, check_prefix
 
 __all__ = ["S3Store"]
 
@@ -106,7 +105,8 @@ class S3Store:
         self._client: Any = None
         self._exit: contextlib.AsyncExitStack | None = None
         self._lock = asyncio.Lock()
-        self._skipped = Throttle(3600.0)
+        # names that are not keys, reported once each (bounded), never again on each listing
+        self._odd = OddKeys(log)
 
     @property
     def url(self) -> str:
@@ -310,9 +310,8 @@ class S3Store:
                 try:
                     check_key(key)
                 except ValueError:
-                    if self._skipped(key):
-                        log.warning("%s: ignoring object %r: not a valid object key (letters, "
-                                    "digits, '.', '_', '-' only)", self.url, key)
+                    self._odd.report(key, f"{self.url}: ignored: not a valid object key "
+                                          "(letters, digits, '.', '_', '-' only)")
                     continue
                 yield key
             token = page.get("NextContinuationToken")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import AsyncIterator
 from typing import Protocol, Self, runtime_checkable
 
@@ -59,15 +60,18 @@ class OddKeys:
         self._limit = limit
         self._seen: set[str] = set()
         self._full = False
+        self._lock = threading.Lock()  # the directory store reports from its I/O threads
 
     def report(self, key: str, why: str) -> None:
-        if key in self._seen or self._full:
-            return
-        if len(self._seen) >= self._limit:
-            self._full = True
-            self._log.warning("%d odd object names reported; not reporting more", self._limit)
-            return
-        self._seen.add(key)
+        with self._lock:
+            if key in self._seen or self._full:
+                return
+            if len(self._seen) >= self._limit:
+                self._full = True
+                self._log.warning("%d odd object names reported; not reporting more",
+                                  self._limit)
+                return
+            self._seen.add(key)
         shown = key if len(key) <= 200 else key[:200] + "..."
         self._log.warning("odd object %r left in place: %s", shown, why)
 
