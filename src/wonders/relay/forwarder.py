@@ -565,7 +565,7 @@ class Forwarder:
     def _own_request_id(self, key: str) -> str | None:
         """The request id of a claim or envelope key; None (reported once) for others."""
         if key.startswith(layout.CLAIMS):
-            claim = layout.parse_claim_key(key)
+            claim = layout.parse_claims_key(key)  # claims, intents and done markers
             if claim is not None:
                 return claim[0]
         else:

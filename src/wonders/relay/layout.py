@@ -101,7 +101,7 @@ def parse_claims_key(key: str) -> tuple[str, int | None, bool] | None:
     if name == "done":
         return parts[1], None, False
     number = name.removesuffix(".intent")
-    if len(number) != 4 or not number.isdigit():
+    if len(number) != 4 or not (number.isascii() and number.isdigit()):
         return None
     return parts[1], int(number), name.endswith(".intent")
 
@@ -113,15 +113,11 @@ def done_key(request_id: str) -> str:
 
 def parse_claim_key(key: str) -> tuple[str, int | None] | None:
     """``claims/<id>/<attempt>`` as (id, attempt), ``claims/<id>/done`` as (id, None);
-    None for anything else."""
-    parts = key.split("/")
-    if len(parts) != 3 or parts[0] != CLAIMS.rstrip("/") or not ID_PATTERN.fullmatch(parts[1]):
+    None for anything else (an intent included: see :func:`parse_claims_key`)."""
+    parsed = parse_claims_key(key)
+    if parsed is None or parsed[2]:
         return None
-    if parts[2] == "done":
-        return parts[1], None
-    if len(parts[2]) != 4 or not (parts[2].isascii() and parts[2].isdigit()):
-        return None
-    return parts[1], int(parts[2])
+    return parsed[0], parsed[1]
 
 
 def heartbeat_key(forwarder: str) -> str:
