@@ -227,6 +227,30 @@ class Batch:
     hash: str
 
 
+def _signed(doc: Mapping[str, Any], domain: bytes, key: PrivateKey) -> bytes:
+    """A small signed object: its JSON line, then the line holding its signature (made
+    over ``domain`` + the first line)."""
+    body = _line(doc)
+    signature = key.signing.sign(domain + body)
+    return body + _line({"signature": base64.b64encode(signature).decode()})
+
+
+def _verified(data: bytes, domain: bytes, what: str, signer: PublicBundle) -> Any:
+    """The JSON document of a small signed object (:func:`_signed`) once its signature
+    checks; AuditError otherwise."""
+    lines = data.split(b"\n")
+    if len(lines) != 3 or lines[2]:
+        raise AuditError(f"not an {what} object")
+    try:
+        signer.signing.verify(_signature(lines[1]), domain + lines[0] + b"\n")
+    except InvalidSignature:
+        raise AuditError(f"its signature does not verify with forwarder key {signer.kid}") from None
+    try:
+        return json.loads(lines[0])
+    except ValueError:
+        raise AuditError(f"not an {what} object") from None
+
+
 def _signature(line: bytes) -> bytes:
     try:
         doc = json.loads(line)
@@ -276,22 +300,13 @@ class ChainHead:
     key: str
 
     def sign(self, key: PrivateKey) -> bytes:
-        body = _line({"forwarder": self.forwarder, "seq": self.seq, "hash": self.hash,
-                      "key": self.key})
-        signature = key.signing.sign(_HEAD_DOMAIN + body)
-        return body + _line({"signature": base64.b64encode(signature).decode()})
+        return _signed({"forwarder": self.forwarder, "seq": self.seq, "hash": self.hash,
+                        "key": self.key}, _HEAD_DOMAIN, key)
 
 
 def parse_head(data: bytes, signer: PublicBundle) -> ChainHead:
-    lines = data.split(b"\n")
-    if len(lines) != 3 or lines[2]:
-        raise AuditError("not an audit head object")
+    doc = _verified(data, _HEAD_DOMAIN, "audit head", signer)
     try:
-        signer.signing.verify(_signature(lines[1]), _HEAD_DOMAIN + lines[0] + b"\n")
-    except InvalidSignature:
-        raise AuditError(f"its signature does not verify with forwarder key {signer.kid}") from None
-    try:
-        doc = json.loads(lines[0])
         return ChainHead(str(doc["forwarder"]), int(doc["seq"]), str(doc["hash"]),
                          str(doc["key"]))
     except (ValueError, KeyError, TypeError):
@@ -321,9 +336,7 @@ class Intent:
     rule: str | None
 
     def sign(self, key: PrivateKey) -> bytes:
-        body = _line({"wonders_intent": 1, **asdict(self)})
-        signature = key.signing.sign(_INTENT_DOMAIN + body)
-        return body + _line({"signature": base64.b64encode(signature).decode()})
+        return _signed({"wonders_intent": 1, **asdict(self)}, _INTENT_DOMAIN, key)
 
     def completion(self, by: str, when: float) -> dict[str, Any]:
         """The audit record of this attempt when its forwarder died before recording it:
@@ -343,15 +356,8 @@ class Intent:
 
 def parse_intent(data: bytes, signer: PublicBundle) -> Intent:
     """Verify and parse an intent object; AuditError says what is wrong with it."""
-    lines = data.split(b"\n")
-    if len(lines) != 3 or lines[2]:
-        raise AuditError("not an intent object")
+    doc = _verified(data, _INTENT_DOMAIN, "intent", signer)
     try:
-        signer.signing.verify(_signature(lines[1]), _INTENT_DOMAIN + lines[0] + b"\n")
-    except InvalidSignature:
-        raise AuditError(f"its signature does not verify with forwarder key {signer.kid}") from None
-    try:
-        doc = json.loads(lines[0])
         port = doc["port"]
         return Intent(
             str(doc["forwarder"]), str(doc["instance"]), str(doc["id"]), int(doc["attempt"]),
