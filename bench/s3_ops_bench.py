@@ -20,7 +20,7 @@ import time
 
 import boto3
 
-from wonders.relay import S3Store
+from wonders.mailbox import S3Store
 
 MOTO = ("import sys\nfrom moto.server import ThreadedMotoServer\n"
         "s = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)\n"

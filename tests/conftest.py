@@ -13,7 +13,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from tests.relay.harness import Upstream, serve_upstream
-from wonders.relay import DirectoryStore, S3Store, Store
+from wonders.mailbox import DirectoryStore, S3Store, Store
 
 _SCRUBBED = (
     "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy",

@@ -37,11 +37,11 @@ from tests.relay.harness import (
     make_keys,
     running_forwarder,
 )
+from wonders.audit import verify_log
 from wonders.cli import main
 from wonders.crypto import RequestHead, new_request_id, seal_request
 from wonders.errors import RelayTimeout
-from wonders.relay import DirectoryStore, Store, layout
-from wonders.relay.audit import verify_log
+from wonders.mailbox import DirectoryStore, Store, layout
 from wonders.relay.records import PING_URL, Claim
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -282,7 +282,7 @@ def test_the_forwarder_runs_without_mitmproxy(tmp_path: Path) -> None:
             "for args in (['forward', '--help'], ['status', '--help'], ['audit', '--help']):\n"
             "    try:\n        main(args)\n    except SystemExit as exit:\n"
             "        assert exit.code == 0, (args, exit.code)\n"
-            "import wonders.relay.forwarder, wonders.config, wonders._status_cli\n")
+            "import wonders.relay.forwarder, wonders.cli.config, wonders.cli.status\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr

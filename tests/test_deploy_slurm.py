@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.relay.harness import serve_upstream
-from wonders.relay import layout
+from wonders.mailbox import layout
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 

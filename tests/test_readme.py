@@ -54,7 +54,7 @@ def test_readme_policy_example_loads_and_decides_as_shown(tmp_path: Path) -> Non
 
 
 def test_readme_forwarder_config_loads(tmp_path: Path) -> None:
-    from wonders.config import load_forwarder_config
+    from wonders.cli.config import load_forwarder_config
 
     block = re.search(r"```toml\n# forwarder.toml\n(.*?)```", README.read_text(), re.DOTALL)
     assert block is not None
@@ -74,7 +74,7 @@ async def test_readme_relay_client_example_runs(tmp_path: Path) -> None:
 
     from tests.relay.harness import make_keys, running_forwarder, serve_upstream
     from wonders.crypto import write_key_files
-    from wonders.relay import DirectoryStore
+    from wonders.mailbox import DirectoryStore
 
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     snippet = next(b for b in blocks if "RelayClient(" in b and "asyncio.run" not in b)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.relay.harness import FAST, Keys, Upstream, make_keys, running_forwarder
 from wonders.crypto import RequestHead, new_request_id, seal_request
-from wonders.relay import DirectoryStore, layout
+from wonders.mailbox import DirectoryStore, layout
 from wonders.relay.records import PING_URL
 
 BACKLOG = 10_000

@@ -13,7 +13,7 @@ import pytest
 from tests.relay.harness import FAST, Keys, Upstream, client_for, make_keys, running_forwarder
 from wonders.crypto import write_key_files
 from wonders.errors import NoForwarder
-from wonders.relay import DirectoryStore
+from wonders.mailbox import DirectoryStore
 from wonders.relay.records import Heartbeat, Liveness
 
 # heartbeats every 0.5 s: a skewed heartbeat is believed once it is seen to move

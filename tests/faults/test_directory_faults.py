@@ -22,10 +22,10 @@ SCENARIO = textwrap.dedent('''
     from pathlib import Path
     from wonders.crypto import PrivateKey, write_key_files
     from wonders.errors import RelayError
-    from wonders.relay import DirectoryStore
+    from wonders.mailbox import DirectoryStore
     from wonders.relay.client import RelayClient
     from wonders.relay.forwarder import Forwarder, ForwarderSettings
-    from wonders.relay.policy import parse_policy
+    from wonders.policy import parse_policy
     from wonders.relay.records import PING_URL
 
     disk, keys = Path(sys.argv[1]), Path(sys.argv[2])

@@ -25,7 +25,7 @@ from tests.relay.harness import (
 )
 from wonders.crypto import write_key_files
 from wonders.errors import EnvelopeError, RelayError
-from wonders.relay import DirectoryStore, layout
+from wonders.mailbox import DirectoryStore, layout
 
 BIN = Path(sys.executable).parent
 

@@ -19,10 +19,10 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from tests.relay.harness import Upstream
+from wonders.audit import batch_keys, read_batches
 from wonders.crypto import PrivateKey, load_private_key, load_public_bundle, write_key_files
 from wonders.errors import RelayError, StoreError
-from wonders.relay import S3Store
-from wonders.relay.audit import batch_keys, read_batches
+from wonders.mailbox import S3Store
 from wonders.relay.client import RelayClient
 
 WONDERS = str(Path(sys.executable).parent / "wonders")

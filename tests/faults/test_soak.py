@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.relay.harness import FAST, Upstream, client_for, make_keys, running_forwarder
-from wonders.relay import DirectoryStore
-from wonders.relay.audit import batch_keys, read_batches, verify_log
+from wonders.audit import batch_keys, read_batches, verify_log
+from wonders.mailbox import DirectoryStore
 
 REQUESTS, CONCURRENT = 2000, 64
 

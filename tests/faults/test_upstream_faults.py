@@ -17,7 +17,7 @@ import trustme
 
 from tests.relay.harness import FAST, Upstream, client_for, make_keys, running_forwarder
 from wonders.errors import EnvelopeError
-from wonders.relay import DirectoryStore
+from wonders.mailbox import DirectoryStore
 
 # the read timeout (a silent upstream) and the total timeout (a dripping one), short
 SETTINGS = dataclasses.replace(FAST, read_timeout=1.5, total_timeout=4.0, flush_delay=0.05)

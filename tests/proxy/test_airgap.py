@@ -14,8 +14,8 @@ import pytest
 from tests.proxy.test_wonder_run import WONDER_RUN
 from tests.relay.harness import FAST, Keys, Upstream, running_forwarder
 from wonders.crypto import PrivateKey, write_key_files
-from wonders.relay import DirectoryStore
-from wonders.relay.policy import load_policy
+from wonders.mailbox import DirectoryStore
+from wonders.policy import load_policy
 
 #: Run "$@" in a new user and network namespace, with its loopback up and nothing else.
 _ISOLATED = ["unshare", "--user", "--map-root-user", "--net", "sh", "-c",

@@ -15,7 +15,7 @@ from tests.proxy.conftest import download_child, pattern_sha256
 from tests.proxy.test_wonder_run import CLIENTS, python, wonder_run
 from tests.relay.harness import Upstream
 from wonders.crypto import PrivateKey, load_public_bundle, write_key_files
-from wonders.relay import S3Store
+from wonders.mailbox import S3Store
 from wonders.relay.client import RelayClient
 
 WONDERS = str(Path(sys.executable).parent / "wonders")

@@ -23,10 +23,10 @@ from aiohttp import web
 
 from wonders.crypto import PrivateKey, write_key_files
 from wonders.errors import StoreError
-from wonders.relay import Store
+from wonders.mailbox import Store
+from wonders.policy import Policy, load_policy
 from wonders.relay.client import RelayClient
 from wonders.relay.forwarder import Forwarder, ForwarderSettings
-from wonders.relay.policy import Policy, load_policy
 
 FAST = ForwarderSettings(
     # stale_after is generous: on a loaded shared machine a heartbeat can be late, and a

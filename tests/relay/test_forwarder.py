@@ -26,7 +26,7 @@ from tests.relay.harness import (
 )
 from wonders.crypto import PrivateKey, RequestHead, new_request_id, seal_request
 from wonders.errors import EnvelopeError, NoForwarder, RelayTimeout
-from wonders.relay import DirectoryStore, Store, layout
+from wonders.mailbox import DirectoryStore, Store, layout
 from wonders.relay.client import RelayResponse
 
 
@@ -317,7 +317,7 @@ async def test_a_host_header_that_differs_from_the_url_is_refused(
 
 
 def test_scheduling_is_round_robin_across_clients() -> None:
-    from wonders.relay.forwarder import _fair
+    from wonders.relay.forwarder._service import _fair
 
     flood = [layout.EnvelopeKey("requests", "busy", new_request_id(1000 + i), None)
              for i in range(10)]
@@ -510,7 +510,7 @@ async def test_a_request_in_flight_keeps_its_policy_across_a_reload(
 ) -> None:
     """The policy is reloaded without gpu01 while gpu01's request waits upstream: that
     request still finishes under the policy it started with; the next one is refused."""
-    from wonders.relay.policy import load_policy
+    from wonders.policy import load_policy
 
     path = tmp_path / "keys" / "policy.toml"
     text = path.read_text()

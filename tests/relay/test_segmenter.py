@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wonders.relay.segmenter import (
+from wonders.relay.forwarder.segmenter import (
     Action,
     Finish,
     Refuse,

@@ -7,7 +7,7 @@ import asyncio
 
 import boto3
 
-from wonders.relay import DirectoryStore, S3Store, Store
+from wonders.mailbox import DirectoryStore, S3Store, Store
 
 
 def _s3(store: S3Store):  # type: ignore[no-untyped-def]

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from tests.relay.harness import Keys, Upstream, make_keys
+from wonders.audit import Batch, batch_keys, read_batches
 from wonders.crypto import PrivateKey
-from wonders.relay import Store
-from wonders.relay.audit import Batch, batch_keys, read_batches
+from wonders.mailbox import Store
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from tests.relay.harness import FAST, make_keys
 from wonders.crypto import new_request_id
 from wonders.errors import ObjectNotFound, StoreError
-from wonders.relay import DirectoryStore, layout
+from wonders.mailbox import DirectoryStore, layout
 from wonders.relay.forwarder import Forwarder
 
 OLD_ID = new_request_id(time.time() - 10 * 86400)  # long expired: the janitor's to remove

@@ -14,8 +14,8 @@ import pytest
 
 from tests.relay.harness import POLICY, Keys, Upstream, client_for, make_keys, running_forwarder
 from wonders.crypto import Headers
-from wonders.relay import Store
-from wonders.relay.policy import egress_bytes, parse_policy
+from wonders.mailbox import Store
+from wonders.policy import egress_bytes, parse_policy
 
 
 def _keys(tmp_path: Path, upstream: Upstream, extra: str = "") -> Keys:

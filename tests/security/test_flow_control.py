@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.relay.harness import FAST, POLICY, Upstream, client_for, make_keys, running_forwarder
-from wonders.relay import Store
+from wonders.mailbox import Store
 
 MIB = 1024 * 1024
 
@@ -71,9 +71,9 @@ async def test_a_slow_reader_still_gets_the_whole_body(
 
 
 def test_wonders_init_writes_a_finite_max_response_bytes(tmp_path: Path) -> None:
-    from wonders._onboard import _POLICY_SKELETON
+    from wonders.cli.onboard import _POLICY_SKELETON
     from wonders.crypto import PrivateKey, write_key_files
-    from wonders.relay.policy import parse_policy
+    from wonders.policy import parse_policy
 
     write_key_files(PrivateKey.generate("gpu01"), tmp_path)
     text = _POLICY_SKELETON.format(name="fw1") + '\n[clients.gpu01]\nbundle = "gpu01.pub"\n'

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli.test_forward_cli import Process, processes  # noqa: F401 (a fixture)
 from tests.relay.harness import (
     FAST,
     Keys,
@@ -24,11 +25,10 @@ from tests.relay.harness import (
     running_forwarder,
 )
 from tests.security.conftest import records, until
-from tests.test_forward_cli import Process, processes  # noqa: F401 (a fixture)
+from wonders.audit import AuditWriter, verify_log
 from wonders.crypto import write_key_files
 from wonders.errors import StoreError
-from wonders.relay import DirectoryStore, Store
-from wonders.relay.audit import AuditWriter, verify_log
+from wonders.mailbox import DirectoryStore, Store
 from wonders.relay.forwarder import Forwarder, ForwarderSettings
 
 
@@ -161,7 +161,7 @@ async def test_a_sigkilled_forwarder_process_leaves_no_unaudited_post(
 ) -> None:
     """``wonders forward`` killed with SIGKILL while the upstream holds its POST; the
     restarted process answers 502 not-retried and records the dead attempt."""
-    from tests.test_forward_cli import _config, _start, _until_alive
+    from tests.cli.test_forward_cli import _config, _start, _until_alive
 
     write_key_files(keys.forwarder, tmp_path / "keys", force=True)
     (tmp_path / "mailbox").mkdir()

@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from tests.relay.harness import Upstream, client_for, make_keys, running_forwarder
-from wonders.relay import DirectoryStore, S3Store, Store
+from wonders.mailbox import DirectoryStore, S3Store, Store
 
 BAD_NAMES = ["requests/gpu01/bad name/head", "requests/gpu01/ümlaut/head",
              "requests/gpu01/x/y/z/w/head"]

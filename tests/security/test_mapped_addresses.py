@@ -14,9 +14,9 @@ from ipaddress import ip_address, ip_network
 import pytest
 
 from wonders.crypto import PrivateKey
+from wonders.policy import AddressEntry, AnyHost, ClientPolicy, Policy
+from wonders.policy.addresses import classify
 from wonders.proxy.run import local_policy
-from wonders.relay.addresses import classify
-from wonders.relay.policy import AddressEntry, AnyHost, ClientPolicy, Policy
 
 NOW = 1_795_305_600.0
 KEY = PrivateKey.generate("gpu")

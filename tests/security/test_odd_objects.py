@@ -30,7 +30,7 @@ from tests.relay.harness import (
 )
 from tests.security._mailbox import exists_raw, odd_names, put_raw
 from wonders.crypto import new_request_id
-from wonders.relay import Store, layout
+from wonders.mailbox import Store, layout
 from wonders.relay.forwarder import Forwarder, ForwarderFailed
 
 
@@ -192,7 +192,7 @@ def test_wonders_forward_exits_1_when_the_forwarder_fails(
 def test_odd_names_are_reported_once_each_and_the_memory_is_bounded(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from wonders.relay._store import OddKeys
+    from wonders.mailbox import OddKeys
 
     caplog.set_level(logging.WARNING, "odd-test")
     odd = OddKeys(logging.getLogger("odd-test"), limit=3)

@@ -14,13 +14,13 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.cli.test_forward_cli import Process, _config
 from tests.relay.harness import POLICY, Keys, Upstream, client_for, make_keys, running_forwarder
 from tests.security.conftest import records, until
-from tests.test_forward_cli import Process, _config
-from wonders._audit_cli import _emit
+from wonders.audit import AuditWriter, iso_time
+from wonders.cli.audit import _emit
 from wonders.crypto import PrivateKey, write_key_files
-from wonders.relay import DirectoryStore, Store
-from wonders.relay.audit import AuditWriter, iso_time
+from wonders.mailbox import DirectoryStore, Store
 from wonders.relay.records import PING_URL
 
 WONDERS = str(Path(sys.executable).parent / "wonders")

@@ -23,8 +23,8 @@ from tests.relay.harness import (
     running_forwarder,
     serve_upstream,
 )
-from wonders.relay import DirectoryStore, Store
-from wonders.relay.audit import is_credential
+from wonders.audit import is_credential
+from wonders.mailbox import DirectoryStore, Store
 
 CREDENTIALS = (
     ("Authorization", "Bearer s3cret"),

@@ -12,7 +12,7 @@ import pytest
 
 from tests.relay.harness import FAST, Keys, Upstream, client_for, running_forwarder
 from tests.security.conftest import records, until
-from wonders.relay import Store, layout
+from wonders.mailbox import Store, layout
 
 
 class _Recorder:

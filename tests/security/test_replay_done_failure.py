@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.relay.harness import FAST, client_for, make_keys, running_forwarder, serve_upstream
 from tests.security.conftest import until
-from wonders.relay import DirectoryStore
+from wonders.mailbox import DirectoryStore
 
 
 async def test_a_failed_done_marker_does_not_let_a_post_run_again(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 import trustme
 
 from tests.relay.harness import Upstream, client_for, make_keys, running_forwarder
-from wonders.relay import DirectoryStore, layout
+from wonders.mailbox import DirectoryStore, layout
 
 HUGE_LINE = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\n"
 MANY_HEADERS = b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(5000))

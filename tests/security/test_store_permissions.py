@@ -23,7 +23,7 @@ from tests.relay.harness import FAST, make_keys
 from wonders.cli import main
 from wonders.crypto import new_request_id
 from wonders.errors import StoreError, StorePermissionError
-from wonders.relay import DirectoryStore, layout
+from wonders.mailbox import DirectoryStore, layout
 from wonders.relay.forwarder import Forwarder
 
 TOP_DIRS = ("requests", "responses", "claims", "status", "audit")
@@ -157,7 +157,7 @@ def test_init_refuses_a_world_writable_mailbox(tmp_path: Path) -> None:
 async def test_deleting_the_last_object_keeps_the_top_level_directories(tmp_path: Path) -> None:
     """Review: removing empty parents climbed to the root, so the next job's write made
     requests/ anew, owned by that job's user."""
-    from wonders.relay import DirectoryStore
+    from wonders.mailbox import DirectoryStore
 
     root = tmp_path / "mailbox"
     root.mkdir(mode=0o700)

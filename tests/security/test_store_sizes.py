@@ -18,7 +18,7 @@ import pytest
 from tests.relay.harness import Upstream, WrappedStore, client_for, make_keys, running_forwarder
 from wonders.crypto import new_request_id
 from wonders.errors import StoreError
-from wonders.relay import DirectoryStore, S3Store, layout
+from wonders.mailbox import DirectoryStore, S3Store, layout
 
 GiB = 1 << 30
 

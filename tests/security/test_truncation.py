@@ -14,9 +14,9 @@ import pytest
 
 from tests.relay.harness import FAST, Keys, Upstream, client_for, running_forwarder
 from tests.security.conftest import until
+from wonders.audit import batch_keys, parse_head, verify_log
 from wonders.errors import ObjectNotFound, WondersError
-from wonders.relay import Store, layout
-from wonders.relay.audit import batch_keys, parse_head, verify_log
+from wonders.mailbox import Store, layout
 from wonders.relay.forwarder import Forwarder
 from wonders.relay.records import parse_heartbeat
 

@@ -21,14 +21,14 @@ import idna
 import pytest
 
 from tests.relay.harness import Upstream, client_for, make_keys, running_forwarder, serve_upstream
+from wonders.audit import Batch, batch_keys, read_batches
 from wonders.crypto import PrivateKey
+from wonders.mailbox import DirectoryStore
+from wonders.policy import ClientPolicy, HostPattern, Policy, parse_target
+from wonders.policy.addresses import Host, parse_host, parse_ip_literal
 from wonders.proxy.run import local_policy
-from wonders.relay import DirectoryStore
-from wonders.relay.addresses import Host, parse_host, parse_ip_literal
-from wonders.relay.audit import Batch, batch_keys, read_batches
-from wonders.relay.policy import ClientPolicy, HostPattern, Policy, parse_target
-from wonders.relay.upstream import AddressDenied
-from wonders.relay.upstream import Upstream as HttpUpstream
+from wonders.relay.forwarder.upstream import AddressDenied
+from wonders.relay.forwarder.upstream import Upstream as HttpUpstream
 
 NOW = 1_795_305_600.0
 KEY = PrivateKey.generate("gpu")

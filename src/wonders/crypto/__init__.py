@@ -26,7 +26,7 @@ from wonders.crypto._envelope import (
     seal_request,
     seal_response,
 )
-from wonders.crypto._ids import new_request_id, request_id_time
+from wonders.crypto._ids import ID_PATTERN, new_request_id, request_id_time
 from wonders.crypto._keys import (
     PrivateKey,
     PublicBundle,
@@ -40,6 +40,7 @@ from wonders.crypto._keys import (
 )
 
 __all__ = [
+    "ID_PATTERN",
     "MAGIC",
     "MAX_HEAD_OBJECT",
     "MAX_INLINE",

@@ -44,11 +44,11 @@ from aiohttp import web
 from mitmproxy import connection, http
 from mitmproxy.proxy import server_hooks
 
-from wonders._text import human_bytes
 from wonders.crypto import Headers
 from wonders.errors import EnvelopeError, RelayError, StoreError
 from wonders.relay.client import RelayClient
-from wonders.relay.upstream import strip_hop_by_hop
+from wonders.relay.headers import strip_hop_by_hop
+from wonders.text import human_bytes
 
 __all__ = ["PROXY_USER", "Bridge", "Stats", "WondersAddon", "printable"]
 

@@ -31,15 +31,14 @@ from urllib.parse import urlsplit
 
 import click
 
-from wonders._text import SafeFormatter
 from wonders.crypto import PrivateKey, PublicBundle, load_private_key, load_public_bundle
 from wonders.errors import ConfigError, WondersError
+from wonders.mailbox import DirectoryStore, Store, open_store
+from wonders.policy import AddressEntry, AnyHost, ClientPolicy, Policy
 from wonders.proxy.ca import ca_dir, check_ca_key, write_trust_bundle
 from wonders.proxy.isolate import IsolationUnavailable
-from wonders.relay import DirectoryStore, Store, open_store
 from wonders.relay.client import RelayClient
-from wonders.relay.forwarder import Forwarder, ForwarderSettings
-from wonders.relay.policy import AddressEntry, AnyHost, ClientPolicy, Policy
+from wonders.text import SafeFormatter
 
 if TYPE_CHECKING:
     from wonders.proxy.bridge import Bridge
@@ -49,8 +48,11 @@ __all__ = ["ClientConfig", "find_client_config", "load_client_config", "local_po
 CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT",
                 "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO")
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
-LOCAL_SETTINGS = ForwarderSettings(id="local", poll_fast=0.005, poll_slow=0.25,
-                                   heartbeat_interval=2.0, stale_after=10.0, flush_delay=0.02)
+#: The in-process forwarder of --local (ForwarderSettings' keyword arguments): the
+#: forwarder is imported only in that mode, so the GPU side never loads it.
+LOCAL_SETTINGS: dict[str, Any] = dict(id="local", poll_fast=0.005, poll_slow=0.25,
+                                      heartbeat_interval=2.0, stale_after=10.0,
+                                      flush_delay=0.02)
 _CONFIG_KEYS = ("key", "forwarder", "mailbox", "endpoint", "path_style", "timeout",
                 "notifications", "isolate")
 
@@ -259,12 +261,14 @@ async def _relay(opts: Options, work: Path) -> AsyncIterator[RelayClient]:
     """The RelayClient for this run, with the in-process forwarder in --local mode."""
     store: Store
     if opts.local:
+        from wonders.relay.forwarder import Forwarder, ForwarderSettings
+
         mailbox = opts.mailbox or work / "mailbox"
         mailbox.mkdir(parents=True, exist_ok=True)
         store = DirectoryStore(mailbox)
         key, forwarder_key = PrivateKey.generate("local"), PrivateKey.generate("local-fw")
         policy = local_policy(key, allow_private=opts.allow_private)
-        forwarder = Forwarder(store, forwarder_key, policy, LOCAL_SETTINGS,
+        forwarder = Forwarder(store, forwarder_key, policy, ForwarderSettings(**LOCAL_SETTINGS),
                               upstream_ca=str(opts.upstream_ca) if opts.upstream_ca else None)
         task = asyncio.create_task(forwarder.run(), name="wonders-local-forwarder")
         ready = asyncio.create_task(forwarder.ready.wait())

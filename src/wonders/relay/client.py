@@ -46,12 +46,9 @@ from wonders.errors import (
     StorePermissionError,
     UnsafeObject,
 )
-from wonders.relay import layout
-from wonders.relay._polling import Backoff, wait_event
-from wonders.relay._store import Store
-from wonders.relay._throttle import Throttle
-from wonders.relay._watch import watch
+from wonders.mailbox import Backoff, Store, layout, wait_event, watch
 from wonders.relay.records import Liveness, parse_heartbeat
+from wonders.text import Throttle
 
 __all__ = ["RelayClient", "RelayResponse"]
 

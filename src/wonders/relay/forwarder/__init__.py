@@ -1,0 +1,6 @@
+"""The forwarder: the internet-side service that claims, verifies, decides, fetches and
+streams back (see :mod:`._service` for the theory of operation)."""
+
+from wonders.relay.forwarder._service import Forwarder, ForwarderFailed, ForwarderSettings
+
+__all__ = ["Forwarder", "ForwarderFailed", "ForwarderSettings"]
