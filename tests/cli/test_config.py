@@ -3,6 +3,8 @@ client's, read by :mod:`wonders.cli.config`."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,15 @@ def test_tuning_sets_forwarder_settings_of_their_own_types(tmp_path: Path) -> No
     assert config.settings.poll_slow == 2.0
     assert isinstance(config.settings.poll_slow, float)
     assert config.settings.id == "fw1"
+
+
+def test_reading_the_client_config_loads_neither_the_commands_nor_the_forwarder() -> None:
+    """wonder-run reads its config through wonders.cli.config: that must not pull in the
+    click command groups, the forwarder or the audit writer (the GPU side never loads
+    them)."""
+    code = ("import sys, wonders.cli.config, wonders.proxy.run\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('wonders.cli.', "
+            "'wonders.relay.forwarder', 'wonders.audit', 'prometheus_client'))))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "['wonders.cli.config']"
