@@ -95,7 +95,7 @@ async def test_readme_relay_client_example_runs(tmp_path: Path) -> None:
 
 
 def test_readme_client_config_loads(tmp_path: Path) -> None:
-    from wonders.proxy.run import load_client_config
+    from wonders.cli.config import load_client_config
 
     block = re.search(r"```toml\n# client.toml\n(.*?)```", README.read_text(), re.DOTALL)
     assert block is not None

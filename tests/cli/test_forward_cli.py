@@ -127,7 +127,9 @@ def test_missing_config(tmp_path: Path) -> None:
 def test_config_with_an_unknown_key(tmp_path: Path, upstream: Upstream, keys: Keys) -> None:
     config = _config(tmp_path, upstream, mailbx='"x"')
     line = _one_error_line(_run("forward", "--config", str(config)))
-    assert line.endswith("mailbx: unknown key (did you mean 'mailbox'?)")
+    assert line.endswith("mailbx: unknown key (did you mean 'mailbox'?); known keys: id, key, "
+                         "policy, mailbox, endpoint, path_style, notifications, upstream_ca, "
+                         "tuning, audit")
 
 
 def test_unsafe_key_file(tmp_path: Path, upstream: Upstream, keys: Keys) -> None:

@@ -329,7 +329,7 @@ LOAD_ERRORS = [
     (GPU01 + 'schemes = ["ftp"]', "clients.gpu01.schemes: unsupported scheme 'ftp'"),
     ("[defaults]\nbundle = 'x.pub'", "defaults.bundle: unknown key"),
     ("[defaults]\nports = [0]", "defaults.ports: expected a list of port numbers"),
-    ("clients = 3", "clients: expected a table, not a number"),
+    ("clients = 3", "clients: expected a table, not 3"),
     ("[clients.'bad name']\nbundle = 'x.pub'", "clients.bad name: invalid name 'bad name'"),
     (GPU01 + '[clients.again]\nbundle = "gpu01.pub"', "clients.again.bundle: the bundle is for"),
     ("allow = [", "not valid TOML"),
@@ -359,3 +359,20 @@ def test_one_key_under_two_client_names_is_refused(keydir: Path) -> None:
 def test_missing_policy_file(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="no such policy file"):
         load_policy(tmp_path / "absent.toml")
+
+
+def test_the_package_exports_each_name_from_the_module_of_its_job() -> None:
+    import importlib
+
+    import wonders.policy as package
+
+    for name in package.__all__:
+        if name == "addresses":
+            importlib.import_module("wonders.policy.addresses")
+        else:
+            assert getattr(package, name) is not None, name
+    assert package.Policy.__module__ == package.Decision.__module__ == "wonders.policy.rules"
+    assert package.Limiter.__module__ == package.egress_bytes.__module__ == (
+        "wonders.policy.limiter")
+    assert package.load_policy.__module__ == package.parse_policy.__module__ == (
+        "wonders.policy.loading")

@@ -15,8 +15,8 @@ import pytest
 from tests.proxy.conftest import download_child, pattern_sha256
 from tests.proxy.test_wonder_run import Done, local, python, wonder_run
 from tests.relay.harness import Upstream
+from wonders.cli.config import load_client_config
 from wonders.errors import ConfigError
-from wonders.proxy.run import load_client_config
 
 
 def _namespaces_work() -> bool:

@@ -7,7 +7,6 @@ import json
 import statistics
 import sys
 import time
-import tomllib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,9 @@ from typing import Any
 
 import click
 
+from wonders.cli.config import find_client_config, load_client_config, load_forwarder_config
 from wonders.crypto import PublicBundle, load_private_key, load_public_bundle, request_id_time
 from wonders.errors import (
-    ConfigError,
     KeyFileError,
     ObjectNotFound,
     RelayError,
@@ -27,6 +26,7 @@ from wonders.errors import (
 from wonders.mailbox import Store, layout
 from wonders.relay.records import PING_URL, Heartbeat, Liveness, parse_heartbeat
 from wonders.text import human_bytes, table
+from wonders.tomlconfig import Table
 
 #: A heartbeat not seen to move for this long means the forwarder is gone, and clocks may
 #: differ by up to SKEW: the clients' defaults, judged by the same rule (Liveness).
@@ -50,27 +50,17 @@ class _Mailbox:
 
 def _mailbox(config_file: Path | None) -> _Mailbox:
     """From a client config (found as wonder-run finds it) or a forwarder config."""
-    # wonders.proxy is left alone for a forwarder's config: the forwarder image has none
-    # of the proxy's dependencies (its HEALTHCHECK is `wonders status --config FILE`)
+    # nothing of wonders.proxy is imported: the forwarder image has none of the proxy's
+    # dependencies (its HEALTHCHECK is `wonders status --config FILE`)
     if config_file is not None and config_file.is_file():
         path = config_file
     else:
-        from wonders.proxy.run import find_client_config
-
         path = find_client_config(config_file)
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    try:
-        if "policy" in doc:  # a forwarder's config
-            from wonders.cli.config import load_forwarder_config
-
+        if "policy" in Table.load(path, keys=None):  # a forwarder's config
             forwarder = load_forwarder_config(path)
             return _Mailbox(forwarder.mailbox, forwarder.endpoint, forwarder.path_style,
                             load_private_key(forwarder.key).public, forwarder.settings.id)
-        from wonders.proxy.run import load_client_config
-
         client = load_client_config(path)
         return _Mailbox(client.mailbox, client.endpoint, client.path_style,
                         load_public_bundle(client.forwarder))
@@ -246,7 +236,6 @@ def ping(config_file: Path | None, count: int, timeout: float) -> None:
     Prints each round-trip time and a summary; exit status 1 if any round trip fails.
     """
     from wonders.mailbox import open_store
-    from wonders.proxy.run import find_client_config, load_client_config
     from wonders.relay.client import RelayClient
 
     config = load_client_config(find_client_config(config_file))

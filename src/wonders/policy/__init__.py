@@ -1,7 +1,8 @@
-"""The egress policy: who may reach what. Pure decision logic: :meth:`Policy.decide` (rules,
-methods, windows, sizes), the address guard the forwarder's resolver applies
-(:mod:`.addresses`: IP classes, one host definition), the rate and byte budgets
-(:class:`Limiter`, time injected), and loading a policy file (:func:`load_policy`)."""
+"""The egress policy: who may reach what. Pure decision logic in :mod:`.rules`
+(:meth:`Policy.decide`: rules, methods, windows, sizes; :meth:`Policy.guard`, the address
+guard the forwarder's resolver applies, over :mod:`.addresses`' IP classes and its one host
+definition), the rate and byte budgets in :mod:`.limiter` (:class:`Limiter`, time injected),
+and loading a policy file in :mod:`.loading` (:func:`load_policy`)."""
 
 from typing import TYPE_CHECKING
 
@@ -9,7 +10,9 @@ from wonders.exports import lazy
 
 if TYPE_CHECKING:
     from wonders.policy import addresses
-    from wonders.policy._rules import (
+    from wonders.policy.limiter import Limiter, egress_bytes, header_bytes
+    from wonders.policy.loading import load_policy, parse_policy
+    from wonders.policy.rules import (
         DEFAULT_METHODS,
         AddressEntry,
         AnyHost,
@@ -17,22 +20,18 @@ if TYPE_CHECKING:
         Decision,
         Guarded,
         HostPattern,
-        Limiter,
         Policy,
         Target,
-        egress_bytes,
-        header_bytes,
-        load_policy,
         normalize_host,
-        parse_policy,
         parse_target,
     )
 
 _RULES = [
     "DEFAULT_METHODS", "AddressEntry", "AnyHost", "ClientPolicy", "Decision", "Guarded",
-    "HostPattern", "Limiter", "Policy", "Target", "egress_bytes", "header_bytes",
-    "load_policy", "normalize_host", "parse_policy", "parse_target",
+    "HostPattern", "Policy", "Target", "normalize_host", "parse_target",
 ]
+_LIMITER = ["Limiter", "egress_bytes", "header_bytes"]
+_LOADING = ["load_policy", "parse_policy"]
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -54,4 +53,8 @@ __all__ = [
     "parse_target",
 ]
 
-__getattr__, __dir__ = lazy(__name__, dict.fromkeys(_RULES, "._rules"))
+__getattr__, __dir__ = lazy(__name__, {
+    **dict.fromkeys(_RULES, ".rules"),
+    **dict.fromkeys(_LIMITER, ".limiter"),
+    **dict.fromkeys(_LOADING, ".loading"),
+})

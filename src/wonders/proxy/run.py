@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import ipaddress
 import json
 import logging
@@ -22,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from wonders.cli.config import ClientConfig, find_client_config, load_client_config
 from wonders.crypto import PrivateKey, PublicBundle, load_private_key, load_public_bundle
 from wonders.errors import ConfigError, WondersError
 from wonders.mailbox import DirectoryStore, Store, open_store
@@ -43,7 +42,7 @@ from wonders.text import SafeFormatter
 if TYPE_CHECKING:
     from wonders.proxy.bridge import Bridge
 
-__all__ = ["ClientConfig", "find_client_config", "load_client_config", "local_policy", "main"]
+__all__ = ["local_policy", "main"]
 
 CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT",
                 "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO")
@@ -53,96 +52,9 @@ LOOPBACK = ("localhost", "127.0.0.1", "::1")
 LOCAL_SETTINGS: dict[str, Any] = dict(id="local", poll_fast=0.005, poll_slow=0.25,
                                       heartbeat_interval=2.0, stale_after=10.0,
                                       flush_delay=0.02)
-_CONFIG_KEYS = ("key", "forwarder", "mailbox", "endpoint", "path_style", "timeout",
-                "notifications", "isolate")
 
 
 # ------------------------------------------------------------------------ configuration
-
-
-@dataclass(frozen=True, slots=True)
-class ClientConfig:
-    """The GPU side's config file (see the README)."""
-
-    source: Path
-    key: Path
-    forwarder: Path
-    mailbox: str
-    endpoint: str | None = None
-    path_style: bool = False
-    timeout: float = 300.0
-    notifications: str = "none"
-    isolate: bool = False
-
-
-def _candidates(explicit: Path | None) -> list[tuple[str, Path]]:
-    if explicit is not None:
-        return [("--config", explicit)]
-    found = []
-    if os.environ.get("WONDERS_CONFIG"):
-        found.append(("$WONDERS_CONFIG", Path(os.environ["WONDERS_CONFIG"])))
-    found.append(("./wonders.toml", Path("wonders.toml")))
-    found.append(("~/.config/wonders/client.toml",
-                  Path.home() / ".config" / "wonders" / "client.toml"))
-    return found
-
-
-def find_client_config(explicit: Path | None) -> Path:
-    """The config to use: ``--config``, ``$WONDERS_CONFIG``, ``./wonders.toml`` or
-    ``~/.config/wonders/client.toml``, the first that exists."""
-    candidates = _candidates(explicit)
-    for how, path in candidates:
-        if path.is_file():
-            return path
-        if how in ("--config", "$WONDERS_CONFIG"):
-            raise ConfigError(f"{path}: no such config file (given by {how})")
-    looked = ", ".join(how for how, _ in candidates)
-    raise ConfigError(
-        f"no client config found (looked at {looked}); write one as the README shows "
-        "('key', 'forwarder', 'mailbox'), or try 'wonder-run --local'"
-    )
-
-
-def load_client_config(path: Path) -> ClientConfig:
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    for key in doc:
-        if key not in _CONFIG_KEYS:
-            close = difflib.get_close_matches(key, _CONFIG_KEYS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{path}: {key}: unknown key{hint}")
-
-    def text(key: str) -> str:
-        value = doc.get(key)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{path}: {key}: missing, or not a string")
-        return value
-
-    timeout = doc.get("timeout", 300.0)
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-        raise ConfigError(f"{path}: timeout: expected seconds above 0")
-    path_style = doc.get("path_style", False)
-    if not isinstance(path_style, bool):
-        raise ConfigError(f"{path}: path_style: expected true or false")
-    endpoint = doc.get("endpoint")
-    if endpoint is not None and not isinstance(endpoint, str):
-        raise ConfigError(f"{path}: endpoint: expected a URL string")
-    isolate = doc.get("isolate", False)
-    if not isinstance(isolate, bool):
-        raise ConfigError(f"{path}: isolate: expected true or false")
-    notifications = doc.get("notifications", "none")
-    if notifications not in ("none", "minio"):
-        raise ConfigError(f'{path}: notifications: expected "none" or "minio"')
-    if notifications == "minio" and not endpoint:
-        raise ConfigError(f"{path}: notifications: MinIO notifications need the 'endpoint'")
-    base = path.parent
-    return ClientConfig(path, base / Path(text("key")).expanduser(),
-                        base / Path(text("forwarder")).expanduser(), text("mailbox"),
-                        endpoint, path_style, float(timeout), notifications, isolate)
 
 
 def local_policy(client: PrivateKey, *, allow_private: bool) -> Policy:

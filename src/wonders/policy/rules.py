@@ -1,5 +1,5 @@
-"""The egress policy: which client may reach what, and how much. Pure code, no I/O except
-reading the policy file and the bundles it names.
+"""The egress rules: which client may reach what. Pure code, no I/O: the policy is built
+by :mod:`.loading` (or in code), the rate and byte budgets are :mod:`.limiter`'s.
 
 Theory of operation:
 
@@ -21,34 +21,23 @@ Theory of operation:
   client's ``allow_private`` ranges. Report mode never relaxes the guard.
 * ``report`` mode allows what ``enforce`` would deny and says so (action ``report``), to
   roll out a new allowlist. Unknown clients and malformed URLs are denied in either mode.
-* Rates, concurrency and the daily egress budget are state, kept by :class:`Limiter` with
-  an injected clock; going over gives a 429 decision with a retry-after. The budget counts
-  every byte a request sends out: method, URL and headers (:func:`egress_bytes`) as well
-  as the body. ``max_url_length`` and ``max_header_bytes`` cap a request's URL and
-  headers (the forwarder answers 414 and 431, in either mode).
-* :func:`load_policy` is strict (unknown keys, wrong types, bad patterns or CIDRs and
-  unreadable bundles are errors naming the key path) and returns a new immutable
-  :class:`Policy`, so a reload can swap it in whole.
+* ``max_url_length`` and ``max_header_bytes`` cap a request's URL and headers (the
+  forwarder answers 414 and 431, in either mode); ``max_request_bytes`` caps its body.
+* A :class:`Policy` is immutable, so a reload can swap it in whole.
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import json
 import re
-import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
-from wonders.crypto import PublicBundle, check_name, load_public_bundle, parse_public_bundle
-from wonders.errors import KeyFileError, PolicyError
+from wonders.crypto import PublicBundle
 from wonders.policy.addresses import (
     Host,
     IPAddress,
@@ -61,20 +50,20 @@ from wonders.policy.addresses import (
 
 __all__ = [
     "DEFAULT_METHODS",
+    "SCHEMES",
     "AddressEntry",
     "AnyHost",
     "ClientPolicy",
     "Decision",
+    "Entry",
     "Guarded",
     "HostPattern",
-    "Limiter",
+    "Network",
     "Policy",
     "Target",
-    "egress_bytes",
-    "header_bytes",
-    "load_policy",
     "normalize_host",
-    "parse_policy",
+    "parse_entry",
+    "parse_network",
     "parse_target",
 ]
 
@@ -83,7 +72,8 @@ Network = IPv4Network | IPv6Network
 
 DEFAULT_METHODS: Final = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
 _DEFAULT_PORTS: Final = (80, 443)
-_DEFAULT_SCHEMES: Final = ("http", "https")
+#: The schemes a policy can allow (and allows by default).
+SCHEMES: Final = ("http", "https")
 _DEFAULT_PORT_OF: Final = {"http": 80, "https": 443}
 _MIB = 1024 * 1024
 
@@ -199,13 +189,16 @@ class AnyHost:
 Entry = HostPattern | AddressEntry | AnyHost
 
 
-def _entry(text: str) -> Entry:
-    """Parse an allow/deny list item: a host pattern, an IP address or a CIDR."""
+def parse_entry(text: str) -> Entry:
+    """Parse an allow/deny list item: a host pattern, an IP address or a CIDR.
+
+    Raises ValueError, its message starting with ``text`` quoted.
+    """
     try:
         if text.startswith("*."):
             return HostPattern.parse(text)
         if "/" in text:
-            return AddressEntry(text, _network(text))
+            return AddressEntry(text, parse_network(text))
         address = parse_ip_literal(text)
         if address is not None:
             return AddressEntry(text, ip_network(address))
@@ -217,7 +210,9 @@ def _entry(text: str) -> Entry:
         raise ValueError(message) from None
 
 
-def _network(text: str) -> Network:
+def parse_network(text: str) -> Network:
+    """An IP address (as a one-address network) or a CIDR with no host bits set; raises
+    ValueError."""
     if "/" not in text:
         address = parse_ip_literal(text)
         if address is None:
@@ -252,7 +247,7 @@ class ClientPolicy:
     deny: tuple[Entry, ...] = ()
     methods: tuple[str, ...] = DEFAULT_METHODS
     ports: tuple[int, ...] | None = _DEFAULT_PORTS  # None: any port (policies built in code)
-    schemes: tuple[str, ...] = _DEFAULT_SCHEMES
+    schemes: tuple[str, ...] = SCHEMES
     max_request_bytes: int | None = 16 * _MIB
     max_response_bytes: int | None = None
     max_header_bytes: int | None = 64 * 1024
@@ -495,311 +490,3 @@ def parse_target(url: str) -> Target:
     port = "" if split.port == _DEFAULT_PORT_OF[split.scheme] else f":{split.port}"
     return Target(f"{split.scheme}://{split.userinfo}{host.text}{port}{split.rest}",
                   split.scheme, host, split.port)
-
-
-# ------------------------------------------------------------------------------ limiter
-
-
-@dataclass
-class _ClientState:
-    tokens: float
-    stamp: float
-    in_flight: int = 0
-    day: date | None = None
-    day_bytes: int = 0
-
-
-def header_bytes(headers: Iterable[tuple[str, str]]) -> int:
-    """Bytes a request's headers take on the wire: ``name: value`` and CRLF each."""
-    return sum(len(name) + len(value) + 4 for name, value in headers)
-
-
-def egress_bytes(method: str, url: str, headers: Iterable[tuple[str, str]],
-                 body: int = 0) -> int:
-    """What a request sends out, for the egress budget: its method, URL (UTF-8), headers
-    (:func:`header_bytes`) and ``body`` bytes."""
-    return len(method) + 1 + len(url.encode("utf-8", "surrogatepass")) + header_bytes(
-        headers) + body
-
-
-class Limiter:
-    """Per-client rate (token bucket over a minute), concurrency and daily egress budget.
-
-    ``clock`` returns Unix seconds (injected so tests drive time); days are UTC days.
-    :meth:`admit` takes a concurrency slot that :meth:`release` gives back; :meth:`charge`
-    adds request-body bytes as a streamed body arrives. Every byte that leaves counts
-    against the budget: give :meth:`admit` the request's :func:`egress_bytes` (URL and
-    headers, and the body when it is known up front).
-    """
-
-    def __init__(self, policy: Policy, clock: Callable[[], float]) -> None:
-        self._policy = policy
-        self._clock = clock
-        self._state: dict[str, _ClientState] = {}
-
-    def update(self, policy: Policy) -> None:
-        """Use a reloaded policy; counters carry over."""
-        self._policy = policy
-
-    def _entry(self, client: str) -> tuple[ClientPolicy, _ClientState] | None:
-        entry = self._policy.clients.get(client)
-        if entry is None:
-            return None
-        now = self._clock()
-        state = self._state.get(client)
-        if state is None:
-            state = self._state[client] = _ClientState(float(entry.rate_per_minute or 0), now)
-        if entry.rate_per_minute is not None:
-            rate = entry.rate_per_minute / 60.0
-            elapsed = max(0.0, now - state.stamp)
-            state.tokens = min(float(entry.rate_per_minute), state.tokens + elapsed * rate)
-        state.stamp = now
-        today = datetime.fromtimestamp(now, UTC).date()
-        if state.day != today:
-            state.day, state.day_bytes = today, 0
-        return entry, state
-
-    def _over(self, entry: ClientPolicy, rule: str, reason: str, retry: float) -> Decision:
-        if entry.mode == "report":
-            return Decision("report", rule, f"would deny: {reason}", 200, retry)
-        return _deny(rule, reason, 429, retry)
-
-    def _until_tomorrow(self) -> float:
-        now = self._clock()
-        tomorrow = datetime.fromtimestamp(now, UTC).date() + timedelta(days=1)
-        return datetime.combine(tomorrow, time(), UTC).timestamp() - now
-
-    def admit(self, client: str, request_bytes: int = 0) -> Decision:
-        """Take a slot for one request that sends ``request_bytes`` out: its URL and
-        headers, and its body unless that is streamed (and :meth:`charge`d as it goes)."""
-        found = self._entry(client)
-        if found is None:
-            return _deny("no client entry", f"client {client!r} is not in the policy")
-        entry, state = found
-        who = f"client {client}"
-        if entry.max_concurrent is not None and state.in_flight >= entry.max_concurrent:
-            return self._over(entry, f"{who}: max_concurrent {entry.max_concurrent}",
-                              f"{client} already has {state.in_flight} requests in flight", 1.0)
-        if entry.rate_per_minute is not None and state.tokens < 1.0:
-            wait = (1.0 - state.tokens) * 60.0 / entry.rate_per_minute
-            return self._over(entry, f"{who}: rate_per_minute {entry.rate_per_minute}",
-                              f"{client} is over {entry.rate_per_minute} requests a minute", wait)
-        budget = entry.egress_bytes_per_day
-        if budget is not None and state.day_bytes + request_bytes > budget:
-            return self._over(entry, f"{who}: egress_bytes_per_day {budget}",
-                              f"{client}'s egress budget of {budget} bytes a day is spent",
-                              self._until_tomorrow())
-        if entry.rate_per_minute is not None:
-            state.tokens -= 1.0
-        state.in_flight += 1
-        state.day_bytes += request_bytes
-        return _allow(f"{who}: limits", "within rate, concurrency and budget")
-
-    def charge(self, client: str, nbytes: int) -> Decision:
-        """Count ``nbytes`` more of a streamed request body against the daily budget."""
-        found = self._entry(client)
-        if found is None:
-            return _deny("no client entry", f"client {client!r} is not in the policy")
-        entry, state = found
-        budget = entry.egress_bytes_per_day
-        if budget is not None and state.day_bytes + nbytes > budget:
-            return self._over(entry, f"client {client}: egress_bytes_per_day {budget}",
-                              f"{client}'s egress budget of {budget} bytes a day is spent",
-                              self._until_tomorrow())
-        state.day_bytes += nbytes
-        return _allow(f"client {client}: limits", "within budget")
-
-    def release(self, client: str) -> None:
-        state = self._state.get(client)
-        if state is not None and state.in_flight > 0:
-            state.in_flight -= 1
-
-    def in_flight(self, client: str) -> int:
-        state = self._state.get(client)
-        return state.in_flight if state else 0
-
-
-# ------------------------------------------------------------------------------ loading
-
-_LIMIT_KEYS = ("max_request_bytes", "max_response_bytes", "rate_per_minute", "max_concurrent",
-               "egress_bytes_per_day", "max_header_bytes", "max_url_length")
-_SETTING_KEYS = ("methods", "ports", "schemes", *_LIMIT_KEYS, "mode", "allow_private",
-                 "follow_redirects")
-_CLIENT_KEYS = ("bundle", "allow", "deny", "not_before", "not_after", *_SETTING_KEYS)
-_TOP_KEYS = ("allow", "deny", "defaults", "clients")
-_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-class _Loader:
-    def __init__(self, source: str, base: Path) -> None:
-        self.source = source
-        self.base = base
-
-    def fail(self, path: str, problem: str) -> PolicyError:
-        return PolicyError(f"{self.source}: {path}: {problem}")
-
-    def keys(self, table: Mapping[str, Any], allowed: Sequence[str], path: str) -> None:
-        for key in table:
-            if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                where = f"{path}.{key}" if path else key
-                raise self.fail(where, f"unknown key{hint}; known keys: {', '.join(allowed)}")
-
-    def table(self, value: Any, path: str) -> Mapping[str, Any]:
-        if not isinstance(value, dict):
-            raise self.fail(path, f"expected a table, not {_kind(value)}")
-        return value
-
-    def strings(self, value: Any, path: str) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.fail(path, "expected a list of strings")
-        return value
-
-    def entries(self, value: Any, path: str) -> tuple[Entry, ...]:
-        out = []
-        for i, text in enumerate(self.strings(value, path)):
-            try:
-                out.append(_entry(text))
-            except ValueError as exc:
-                raise self.fail(f"{path}[{i}]", str(exc)) from None
-        return tuple(out)
-
-    def limit(self, value: Any, path: str, *, sizes: bool) -> int | None:
-        if value == "unlimited":
-            return None
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-        if sizes and isinstance(value, str):
-            match = _SIZE.fullmatch(value)
-            if match:
-                unit = (match.group(2) or "B").lower()
-                return int(float(match.group(1)) * _UNITS[unit])
-        what = "a byte count (e.g. 10485760 or \"10 MiB\")" if sizes else "a whole number"
-        raise self.fail(path, f"expected {what} or \"unlimited\", not {value!r}")
-
-    def setting(self, key: str, value: Any, path: str) -> Any:
-        if key == "methods":
-            methods = self.strings(value, path)
-            for m in methods:
-                if not re.fullmatch(r"[A-Z][A-Z0-9_-]*", m):
-                    raise self.fail(path, f"{m!r} is not an upper-case HTTP method")
-            return tuple(methods)
-        if key == "ports":
-            if not isinstance(value, list) or not all(
-                isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in value
-            ):
-                raise self.fail(path, "expected a list of port numbers (1-65535)")
-            return tuple(value)
-        if key == "schemes":
-            schemes = self.strings(value, path)
-            bad = [s for s in schemes if s not in _DEFAULT_SCHEMES]
-            if bad:
-                raise self.fail(path, f"unsupported scheme {bad[0]!r}; use 'http' or 'https'")
-            return tuple(schemes)
-        if key in _LIMIT_KEYS:
-            return self.limit(value, path, sizes=key.endswith("bytes") or key.endswith("day"))
-        if key == "mode":
-            if value not in ("enforce", "report"):
-                raise self.fail(path, f"expected \"enforce\" or \"report\", not {value!r}")
-            return value
-        if key == "allow_private":
-            networks = []
-            for i, text in enumerate(self.strings(value, path)):
-                try:
-                    networks.append(_network(text))
-                except ValueError as exc:
-                    raise self.fail(f"{path}[{i}]", f"{text!r}: {exc}") from None
-            return tuple(networks)
-        if key == "follow_redirects":
-            if not isinstance(value, bool):
-                raise self.fail(path, "expected true or false")
-            return value
-        raise AssertionError(key)
-
-    def moment(self, value: Any, path: str) -> float:
-        if isinstance(value, datetime):
-            if value.tzinfo is None:
-                raise self.fail(path, "give a time zone, e.g. 2026-12-01T00:00:00Z")
-            return value.timestamp()
-        if isinstance(value, date):
-            return datetime.combine(value, time(), UTC).timestamp()
-        raise self.fail(path, "expected a TOML date or date-time, e.g. 2026-12-01T00:00:00Z")
-
-    def bundle(self, value: Any, path: str, name: str) -> PublicBundle:
-        try:
-            if isinstance(value, str):
-                bundle = load_public_bundle(self.base / value)
-            elif isinstance(value, dict):
-                bundle = parse_public_bundle(json.dumps(value).encode(), f"{path} (inline)")
-            else:
-                raise self.fail(path, "expected a path to a .pub file or an inline table")
-        except KeyFileError as exc:
-            raise self.fail(path, str(exc)) from None
-        if bundle.name != name:
-            raise self.fail(path, f"the bundle is for {bundle.name!r}, not {name!r}")
-        return bundle
-
-
-def _kind(value: Any) -> str:
-    return {str: "a string", int: "a number", float: "a number", bool: "a boolean",
-            list: "a list"}.get(type(value), type(value).__name__)
-
-
-def parse_policy(text: str, *, source: str = "<policy>", base: Path | None = None) -> Policy:
-    """Parse policy TOML; bundle paths are relative to ``base`` (the file's directory)."""
-    loader = _Loader(source, base or Path("."))
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{source}: not valid TOML: {exc}") from None
-    loader.keys(doc, _TOP_KEYS, "")
-    allow = loader.entries(doc.get("allow", []), "allow")
-    deny = loader.entries(doc.get("deny", []), "deny")
-    defaults_table = loader.table(doc.get("defaults", {}), "defaults")
-    loader.keys(defaults_table, _SETTING_KEYS, "defaults")
-    defaults = {k: loader.setting(k, v, f"defaults.{k}") for k, v in defaults_table.items()}
-    clients: dict[str, ClientPolicy] = {}
-    kids: dict[str, str] = {}
-    for name, raw in loader.table(doc.get("clients", {}), "clients").items():
-        path = f"clients.{name}"
-        try:
-            check_name(name)
-        except ValueError as exc:
-            raise loader.fail(path, str(exc)) from None
-        table = loader.table(raw, path)
-        loader.keys(table, _CLIENT_KEYS, path)
-        if "bundle" not in table:
-            raise loader.fail(f"{path}.bundle", "missing: every client needs its public bundle")
-        values: dict[str, Any] = dict(defaults)
-        for key, value in table.items():
-            where = f"{path}.{key}"
-            if key == "bundle":
-                values[key] = loader.bundle(value, where, name)
-            elif key in ("allow", "deny"):
-                values[key] = loader.entries(value, where)
-            elif key in ("not_before", "not_after"):
-                values[key] = loader.moment(value, where)
-            else:
-                values[key] = loader.setting(key, value, where)
-        kid = values["bundle"].kid
-        if kid in kids:
-            raise loader.fail(f"{path}.bundle", f"same key as clients.{kids[kid]}")
-        kids[kid] = name
-        clients[name] = ClientPolicy(name=name, **values)
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    return Policy(clients, allow, deny, source, digest)
-
-
-def load_policy(path: str | Path) -> Policy:
-    """Load a policy file (see the README for its keys)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PolicyError(f"{p}: no such policy file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"{p}: cannot read policy file: {exc}") from None
-    return parse_policy(text, source=str(p), base=p.parent)
