@@ -97,3 +97,10 @@ def test_a_package_export_loads_its_module_on_first_use() -> None:
     assert "wonders.mailbox._s3" not in loaded
     loaded = _loaded_after("from wonders.mailbox import S3Store")
     assert "wonders.mailbox._s3" in loaded
+
+
+def test_a_packages_submodules_are_attributes_before_they_are_imported() -> None:
+    loaded = _loaded_after("import wonders.policy, wonders.mailbox\n"
+                           "assert wonders.policy.addresses.parse_host\n"
+                           "assert wonders.mailbox.layout.head_key")
+    assert "wonders.mailbox._s3" not in loaded

@@ -16,13 +16,15 @@ def lazy(package: str, exports: Mapping[str, str]) -> tuple[
     Callable[[str], object], Callable[[], list[str]]
 ]:
     """``__getattr__`` and ``__dir__`` for ``package``, whose public names are the keys of
-    ``exports`` (each the module, relative to the package, that defines it)."""
+    ``exports`` (each the module, relative to the package, that defines it; a name mapped
+    to ``".name"`` is that submodule itself)."""
 
     def __getattr__(name: str) -> object:
         module = exports.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module, package), name)
+        loaded = importlib.import_module(module, package)
+        value = loaded if module == "." + name else getattr(loaded, name)
         globals_of_package = importlib.import_module(package).__dict__
         globals_of_package[name] = value  # looked up once
         return value

@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 __getattr__, __dir__ = lazy(__name__, {
+    "layout": ".layout",
     **dict.fromkeys(["DIR_MODE", "FILE_MODE", "PRIVATE_MODE", "TOP_DIRS", "DirectoryStore"],
                     "._directory"),
     "listen_minio": "._notify",

@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 __getattr__, __dir__ = lazy(__name__, {
+    "addresses": ".addresses",
     **dict.fromkeys(_RULES, ".rules"),
     **dict.fromkeys(_LIMITER, ".limiter"),
     **dict.fromkeys(_LOADING, ".loading"),
