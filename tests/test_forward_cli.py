@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.eventually import eventually
 from tests.relay.harness import Keys, Upstream, client_for, make_keys
 from wonders.crypto import write_key_files
 from wonders.relay import DirectoryStore
@@ -87,15 +88,14 @@ def processes() -> Iterator[list[Process]]:
 
 
 async def _until_alive(mailbox: DirectoryStore, keys: Keys, process: Process) -> None:
-    """Deadline-bounded wait for the process's first heartbeat."""
+    """Wait for the process's first heartbeat; fail at once if the process exits."""
     async with client_for(mailbox, keys) as probe:
-        for _ in range(300):
-            if await probe.forwarder_alive(refresh=True):
-                return
+        async def alive() -> bool:
             if process.proc.poll() is not None:
                 raise AssertionError(f"forwarder exited:\n{process.output()}")
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"forwarder never became alive:\n{process.output()}")
+            return await probe.forwarder_alive(refresh=True)
+
+        await eventually(alive, what="the forwarder's first heartbeat", explain=process.output)
 
 
 def _start(tmp_path: Path, config: Path, processes: list[Process], *extra: str) -> Process:
@@ -227,14 +227,17 @@ async def test_prometheus_metrics(
             "wonders_in_flight 0.0",
             "wonders_audit_blocked 0.0",
         ]
-        for _ in range(200):  # the last record is counted just after its answer is stored
+        scrapes = [""]
+
+        async def all_counted() -> bool:
             async with session.get(found.group(1)) as scraped:
-                text = await scraped.text()
-            if all(line in text for line in expected):
-                break
-            await asyncio.sleep(0.05)
-        for line in expected:
-            assert line in text, line
+                scrapes[-1] = await scraped.text()
+            return all(line in scrapes[-1] for line in expected)
+
+        # the last record is counted just after its answer is stored
+        await eventually(all_counted, what=f"the metrics to show {expected}",
+                         explain=lambda: scrapes[-1])
+        text = scrapes[-1]
         assert re.search(r'wonders_body_bytes_total\{client="gpu01",direction="down"\} [1-9]',
                          text)
         assert "wonders_pending_requests" in text
@@ -258,12 +261,9 @@ async def test_metrics_port_in_use(
 
 
 async def _until_logged(process: Process, text: str) -> None:
-    """Deadline-bounded wait for ``text`` in the forwarder's log; fails if it never comes."""
-    for _ in range(200):
-        if text in process.output():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never logged {text!r}:\n{process.output()}")
+    """Wait for ``text`` in the forwarder's log; fails if it never comes."""
+    await eventually(lambda: text in process.output(), what=f"{text!r} in the log",
+                     explain=process.output)
 
 
 async def test_sighup_reloads_the_policy_and_keeps_it_if_invalid(

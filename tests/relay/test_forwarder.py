@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.eventually import eventually
 from tests.relay.harness import (
     FAST,
     Keys,
@@ -118,11 +119,10 @@ async def test_read_segments_are_deleted_while_the_body_streams(
             head_start = 0
             for _ in range(3):
                 head_start += len(await anext(body))
-            for _ in range(500):  # deadline-bounded: the deletion runs in the background
-                if not await store.exists(first):
-                    break
-                await asyncio.sleep(0.01)
-            assert not await store.exists(first)
+            async def first_deleted() -> bool:  # the deletion runs in the background
+                return not await store.exists(first)
+
+            await eventually(first_deleted, what=f"{first} to be deleted")
             rest = sum([len(piece) async for piece in body])
     assert rest == size - head_start
 
@@ -272,11 +272,10 @@ async def test_unauthenticated_requests_are_removed_without_reaching_upstream(
     head, data = _bad_request(keys, upstream, case)
     await store.put(head, data)
     async with running_forwarder(store, keys, upstream) as forwarder:
-        for _ in range(500):  # deadline-bounded: the forwarder deletes it
-            if not await store.exists(head):
-                break
-            await asyncio.sleep(0.01)
-        assert not await store.exists(head)
+        async def deleted() -> bool:
+            return not await store.exists(head)
+
+        await eventually(deleted, what=f"the forwarder to delete {head}")
         assert forwarder.counters.rejected == 1
     assert upstream.hits["/echo"] == 0
     assert [k async for k in store.list("responses/")] == []
@@ -289,10 +288,8 @@ async def test_an_object_that_is_not_a_request_is_left_in_place_and_reported_onc
     caplog.set_level(logging.WARNING, "wonders.forwarder")
     await store.put("requests/gpu01/garbage", b"not an envelope")
     async with running_forwarder(store, keys, upstream) as forwarder:
-        for _ in range(500):  # deadline-bounded: the forwarder polls every few ms
-            if "requests/gpu01/garbage" in caplog.text:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: "requests/gpu01/garbage" in caplog.text,
+                         what="the odd name to be reported")
         async with client_for(store, keys) as client:  # polled many times meanwhile
             async with await client.request("GET", f"{upstream.url}/echo") as response:
                 assert response.status == 200
@@ -350,11 +347,8 @@ async def test_the_client_rides_out_a_mailbox_outage_then_times_out(
         flaky.down = True
         pending = asyncio.create_task(client.request("GET", f"{upstream.url}/echo",
                                                      timeout=30))
-        for _ in range(500):  # deadline-bounded: the client has met the outage a few times
-            if flaky.calls_while_down >= 3:
-                break
-            await asyncio.sleep(0.01)
-        assert flaky.calls_while_down >= 3
+        await eventually(lambda: flaky.calls_while_down >= 3,
+                         what="the client to meet the outage three times")
         assert not pending.done()
         flaky.down = False
         async with await asyncio.wait_for(pending, 30) as response:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.eventually import eventually
 from tests.relay.harness import (
     FAST,
     Keys,
@@ -23,7 +24,7 @@ from tests.relay.harness import (
     client_for,
     running_forwarder,
 )
-from tests.security.conftest import records, until
+from tests.security.conftest import records
 from tests.test_forward_cli import Process, processes  # noqa: F401 (a fixture)
 from wonders.crypto import write_key_files
 from wonders.errors import StoreError
@@ -109,13 +110,9 @@ async def test_a_survivor_records_the_post_a_killed_forwarder_was_executing(
         assert await _problems(store, keys) == []
     else:
         assert mine == [(1, "not-retried", "-")]
-        found: list[str] = []
-
-        async def reported() -> bool:  # once fw-a's last heartbeat is past its interval
-            found[:] = await _problems(store, keys)
-            return bool(found)
-
-        await until(reported, "verify to report the incomplete attempt")
+        # reported once fw-a's last heartbeat is past its interval
+        found = await eventually(lambda: _problems(store, keys),
+                                 what="verify to report the incomplete attempt")
         assert len(found) == 1, found
         assert "attempt 0 of client gpu01 (POST https://localhost" in found[0]
         assert "by forwarder fw-a" in found[0]

@@ -14,8 +14,9 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.eventually import eventually
 from tests.relay.harness import POLICY, Keys, Upstream, client_for, make_keys, running_forwarder
-from tests.security.conftest import records, until
+from tests.security.conftest import records
 from tests.test_forward_cli import Process, _config
 from wonders._audit_cli import _emit
 from wonders.crypto import PrivateKey, write_key_files
@@ -104,10 +105,8 @@ async def test_forwarder_log_lines_escape_control_characters(
     (junk / "head").write_bytes(b"junk")
     process = Process(_config(tmp_path, upstream), tmp_path / "forward.log")
     try:
-        async def logged() -> bool:
-            return "not a valid object key" in process.output()
-
-        await until(logged, "the odd name to be logged")
+        await eventually(lambda: "not a valid object key" in process.output(),
+                         what="the odd name to be logged", explain=process.output)
     finally:
         process.proc.terminate()
         await process.wait()
