@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import subprocess
 import sys
@@ -92,9 +93,9 @@ def bucket(s3_endpoint: str) -> str:
     return name
 
 
-@pytest.fixture(params=["directory", "s3"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """Each store backend, empty; the contract suite runs once per backend."""
+@contextlib.asynccontextmanager
+async def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An empty store of the backend ``request.param`` names ("directory" or "s3")."""
     backend: Store
     if request.param == "directory":
         (tmp_path / "mailbox").mkdir()
@@ -104,6 +105,16 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         endpoint = request.getfixturevalue("s3_endpoint")
         backend = S3Store(name, "mailbox", endpoint_url=endpoint, max_attempts=2)
     async with backend:
+        yield backend
+
+
+@pytest.fixture(params=["directory", pytest.param("s3", marks=pytest.mark.slow)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each store backend, empty. Through moto, every store call is an HTTP request and a
+    relayed request costs 5-10 times what it costs in a directory, so the S3 variant of the
+    tests built on the store is in the slow tier (CI runs it); the store's own suites
+    (tests/relay/test_store_contract.py, test_s3_store.py) keep S3 in the fast tier."""
+    async with open_backend(request, tmp_path) as backend:
         yield backend
 
 

@@ -5,11 +5,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import open_backend
 from wonders.errors import ObjectExists, ObjectNotFound
 from wonders.relay import DirectoryStore, Store, is_key
+
+
+@pytest.fixture(params=["directory", "s3"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each backend, both in the fast tier: this is the contract the rest relies on."""
+    async with open_backend(request, tmp_path) as backend:
+        yield backend
 
 
 async def _keys(store: Store, prefix: str, start_after: str | None = None) -> list[str]:
