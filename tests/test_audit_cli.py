@@ -1,5 +1,6 @@
-"""``wonders audit``, ``audit verify`` and ``audit stats`` as processes, on an audit log
-that a real forwarder wrote (directory mailbox)."""
+"""``wonders audit``, ``audit verify`` and ``audit stats`` on an audit log that a real
+forwarder wrote (directory mailbox): in this process through click's runner, and
+``--follow`` as a process."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import IO
 
 import pytest
 
+from tests.cli_runner import run_wonders
 from tests.relay.harness import FAST, client_for, make_keys, running_forwarder, serve_upstream
 from wonders.crypto import load_private_key, write_key_files
 from wonders.relay import DirectoryStore
@@ -66,8 +68,7 @@ def root(written: Path, tmp_path: Path) -> Path:
 
 
 def _run(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([WONDERS, "audit", *args], capture_output=True, text=True,
-                          timeout=60, cwd=root)
+    return run_wonders("audit", *args, cwd=root)
 
 
 def _json_lines(text: str) -> list[dict[str, object]]:
@@ -204,6 +205,7 @@ def _readline(stream: IO[str], within: float = 30.0) -> str:
         pool.shutdown(wait=False)
 
 
+@pytest.mark.slow  # a process that keeps running until SIGINT
 def test_follow_prints_new_batches(root: Path) -> None:
     follow = subprocess.Popen(
         [WONDERS, "audit", "--config", "forwarder.toml", "--json", "--follow",

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
+from tests.cli_runner import run_wonders
 from tests.eventually import eventually
 from tests.relay.harness import POLICY, Keys, Upstream, client_for, make_keys, running_forwarder
 from tests.security.conftest import records
@@ -24,7 +23,6 @@ from wonders.relay import DirectoryStore, Store
 from wonders.relay.audit import AuditWriter, iso_time
 from wonders.relay.records import PING_URL
 
-WONDERS = str(Path(sys.executable).parent / "wonders")
 SECRETS = ("SECRET-SIG", "SECRET-CRED", "SECRET-AZ", "SECRET-TOKEN", "SECRET-OCP")
 
 
@@ -74,15 +72,13 @@ def evil_log(tmp_path: Path) -> tuple[Path, Path]:
 def test_the_audit_table_prints_no_control_character(evil_log: tuple[Path, Path]) -> None:
     audit, pub = evil_log
     for extra in ((), ("--json",)):
-        shown = subprocess.run(
-            [WONDERS, "audit", "--mailbox", audit.as_uri(), "--key", str(pub), *extra],
-            capture_output=True, text=True, timeout=60, check=True)
+        shown = run_wonders("audit", "--mailbox", audit.as_uri(), "--key", str(pub), *extra)
+        assert shown.returncode == 0, shown.stderr
         assert "\x1b" not in shown.stdout
         assert "\x07" not in shown.stdout
         assert "\x1b" not in shown.stderr
-    assert "\\x1b]0;owned\\x07" in subprocess.run(
-        [WONDERS, "audit", "--mailbox", audit.as_uri(), "--key", str(pub)],
-        capture_output=True, text=True, timeout=60, check=True).stdout
+    table = run_wonders("audit", "--mailbox", audit.as_uri(), "--key", str(pub))
+    assert "\\x1b]0;owned\\x07" in table.stdout
 
 
 def test_followed_records_print_no_control_character(capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,6 +90,7 @@ def test_followed_records_print_no_control_character(capsys: pytest.CaptureFixtu
     assert "\\x1b[2J" in out
 
 
+@pytest.mark.slow  # a forwarder process, whose own log handler is what is tested
 async def test_forwarder_log_lines_escape_control_characters(
     tmp_path: Path, keys: Keys, upstream: Upstream
 ) -> None:
