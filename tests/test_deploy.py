@@ -274,6 +274,7 @@ def test_dockerfile() -> None:
     assert "--no-deps ." in text
 
 
+@pytest.mark.slow  # new interpreters
 def test_the_forwarder_runs_without_mitmproxy(tmp_path: Path) -> None:
     """What the image lacks is never imported by the forwarder's commands."""
     code = ("import sys; sys.modules['mitmproxy'] = None\n"

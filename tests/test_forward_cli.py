@@ -23,6 +23,10 @@ from wonders.relay import DirectoryStore
 
 WONDERS = str(Path(sys.executable).parent / "wonders")
 
+#: Every test starts ``wonders forward`` as a process (its signals, exit status and log
+#: are what is tested), a second or more each.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def keys(tmp_path: Path, upstream: Upstream) -> Keys:

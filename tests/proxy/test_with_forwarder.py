@@ -21,6 +21,9 @@ from wonders.relay.client import RelayClient
 
 WONDERS = str(Path(sys.executable).parent / "wonders")
 
+#: A ``wonders forward`` process on moto and wonder-run processes: seconds each.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def deployment(tmp_path: Path, upstream: Upstream, bucket: str, s3_endpoint: str) -> Path:

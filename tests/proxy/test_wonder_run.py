@@ -31,6 +31,10 @@ from tests.relay.harness import Upstream, serve_upstream
 WONDER_RUN = str(Path(sys.executable).parent / "wonder-run")
 GIT = shutil.which("git") or "git"
 
+#: Each test starts wonder-run (mitmproxy and a forwarder) as a process, a few seconds
+#: each; the control without the relay belongs with them.
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Done:

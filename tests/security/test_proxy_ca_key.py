@@ -39,6 +39,7 @@ def _ca() -> Path:
     return Path(os.environ["WONDERS_HOME"]) / "proxy-ca"
 
 
+@pytest.mark.slow  # wonder-run as a process
 async def test_a_readable_p12_stops_wonder_run_before_the_command(
     upstream: Upstream, tmp_path: Path
 ) -> None:
