@@ -199,9 +199,13 @@ async def test_invalid_keys_are_refused(store: Store, key: str) -> None:
         await store.put(key, b"x")
 
 
-async def test_check_passes_on_a_usable_store(store: Store) -> None:
+async def test_check_passes_on_a_usable_store_and_changes_nothing(store: Store) -> None:
+    await store.put("requests/gpu01/a/head", b"x")
     await store.check()
     await store.check("requests/gpu01/")
+    await store.check("responses/")  # nothing under it yet
+    assert await _keys(store, "") == ["requests/gpu01/a/head"]
+    assert await store.get("requests/gpu01/a/head") == b"x"
 
 
 async def test_get_with_a_size_limit(store: Store) -> None:
