@@ -523,7 +523,9 @@ async def test_a_request_in_flight_keeps_its_policy_across_a_reload(
         # gpu01's key is no longer registered: its next request cannot be authenticated,
         # so it is removed unanswered (only known senders get answers) and times out.
         with pytest.raises(RelayTimeout):
-            await client.request("GET", f"{upstream.url}/echo", timeout=2)
+            await client.request("GET", f"{upstream.url}/echo", timeout=1)
+        await eventually(lambda: forwarder.counters.rejected == 1,
+                         what="the forwarder to reject the request")
     assert upstream.hits["/echo"] == 0
 
 
