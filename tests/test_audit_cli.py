@@ -89,7 +89,7 @@ def test_the_table_shows_every_request(root: Path) -> None:
     assert "5 records from" in done.stderr
 
 
-def test_json_and_filters(root: Path) -> None:
+def test_json_lines_hold_every_record_and_each_filter_selects_its_own(root: Path) -> None:
     everything = _json_lines(_run(root, "--config", "forwarder.toml", "--json").stdout)
     assert [r["client"] for r in everything] == ["gpu01"] * 4 + ["follower"]
     assert all(r["forwarder"] == "fw-a" for r in everything)

@@ -223,7 +223,7 @@ def _options_exist(line: str) -> None:
             assert word.split("=")[0] in text, (line, word)
 
 
-def test_compose_file() -> None:
+def test_the_compose_file_pins_releases_and_uses_existing_options() -> None:
     compose = yaml.safe_load((ROOT / "minio-compose.yml").read_text())
     services = compose["services"]
     for name, service in services.items():
@@ -239,7 +239,7 @@ def test_compose_file() -> None:
     _options_exist("wonders forward " + " ".join(forwarder["command"]))
 
 
-def test_minio_init_script() -> None:
+def test_the_minio_init_script_makes_every_role_and_expires_all_but_the_audit() -> None:
     script = (DEPLOY / "minio-init.sh").read_text()
     assert subprocess.run(["/bin/sh", "-n", str(DEPLOY / "minio-init.sh")]).returncode == 0
     created = re.search(r"for role in ([a-z ]+); do", script)
@@ -253,7 +253,7 @@ def test_minio_init_script() -> None:
     assert "mc mb --ignore-existing --with-lock local/wonders-audit" in script
 
 
-def test_dockerfile() -> None:
+def test_the_image_is_pinned_unprivileged_and_holds_the_forwarders_dependencies() -> None:
     text = (ROOT / "Dockerfile").read_text()
     bases = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
     assert bases
@@ -303,7 +303,7 @@ def test_the_forwarder_runs_without_mitmproxy(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("script", ["forwarder.sbatch", "gpu-job.sbatch"])
-def test_slurm_scripts(script: str) -> None:
+def test_the_slurm_scripts_parse_and_use_existing_options(script: str) -> None:
     path = DEPLOY / "slurm" / script
     assert subprocess.run(["/bin/bash", "-n", str(path)]).returncode == 0
     lines = [line.strip() for line in path.read_text().splitlines()]

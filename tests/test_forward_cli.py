@@ -123,35 +123,45 @@ def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def test_missing_config(tmp_path: Path) -> None:
+def test_a_missing_config_file_is_a_one_line_error(tmp_path: Path) -> None:
     line = _one_error_line(_run("forward", "--config", str(tmp_path / "nope.toml")))
     assert "no such config file" in line
 
 
-def test_config_with_an_unknown_key(tmp_path: Path, upstream: Upstream, keys: Keys) -> None:
+def test_an_unknown_config_key_is_a_one_line_error_with_a_suggestion(
+    tmp_path: Path, upstream: Upstream, keys: Keys
+) -> None:
     config = _config(tmp_path, upstream, mailbx='"x"')
     line = _one_error_line(_run("forward", "--config", str(config)))
     assert line.endswith("mailbx: unknown key (did you mean 'mailbox'?)")
 
 
-def test_unsafe_key_file(tmp_path: Path, upstream: Upstream, keys: Keys) -> None:
+def test_a_key_file_others_can_read_is_a_one_line_error_naming_the_chmod(
+    tmp_path: Path, upstream: Upstream, keys: Keys
+) -> None:
     (tmp_path / "keys" / "fw.key").chmod(0o644)
     line = _one_error_line(_run("forward", "--config", str(_config(tmp_path, upstream))))
     assert "chmod 600" in line
 
 
-def test_invalid_policy(tmp_path: Path, upstream: Upstream, keys: Keys) -> None:
+def test_an_invalid_policy_is_a_one_line_error_naming_the_key(
+    tmp_path: Path, upstream: Upstream, keys: Keys
+) -> None:
     (tmp_path / "keys" / "policy.toml").write_text("[clients.x]\nalow = 1\n")
     line = _one_error_line(_run("forward", "--config", str(_config(tmp_path, upstream))))
     assert "clients.x.alow: unknown key" in line
 
 
-def test_missing_mailbox_directory(tmp_path: Path, upstream: Upstream, keys: Keys) -> None:
+def test_a_missing_mailbox_directory_is_a_one_line_error(
+    tmp_path: Path, upstream: Upstream, keys: Keys
+) -> None:
     line = _one_error_line(_run("forward", "--config", str(_config(tmp_path, upstream))))
     assert "no such directory" in line
 
 
-def test_missing_bucket(tmp_path: Path, upstream: Upstream, keys: Keys, s3_endpoint: str) -> None:
+def test_a_missing_bucket_is_a_one_line_error(
+    tmp_path: Path, upstream: Upstream, keys: Keys, s3_endpoint: str
+) -> None:
     config = _config(tmp_path, upstream, mailbox='"s3://no-such-bucket/x"',
                      endpoint=f'"{s3_endpoint}"')
     line = _one_error_line(_run("forward", "--config", str(config)))
@@ -207,7 +217,7 @@ async def test_the_audit_log_goes_to_its_own_store_and_is_flushed_on_sigterm(
     assert paths == ["/echo/0", "/echo/1", "/echo/2"]
 
 
-async def test_prometheus_metrics(
+async def test_the_metrics_endpoint_counts_requests_by_client_decision_and_status(
     tmp_path: Path, upstream: Upstream, keys: Keys, mailbox: DirectoryStore,
     processes: list[Process],
 ) -> None:
@@ -249,7 +259,7 @@ async def test_prometheus_metrics(
     assert await process.wait() == 0
 
 
-async def test_metrics_port_in_use(
+async def test_a_metrics_port_in_use_is_an_error_with_exit_status_2(
     tmp_path: Path, upstream: Upstream, keys: Keys, mailbox: DirectoryStore,
 ) -> None:
     with socket.socket() as taken:

@@ -73,7 +73,7 @@ CLASSIFIED = [
 
 
 @pytest.mark.parametrize(("address", "category"), CLASSIFIED, ids=[a for a, _ in CLASSIFIED])
-def test_classify(address: str, category: str | None) -> None:
+def test_each_address_is_classified_as_the_table_says(address: str, category: str | None) -> None:
     result = classify(ip_address(address))
     assert result.category == category
     assert result.public is (category is None)

@@ -107,7 +107,7 @@ def test_query_values_are_redacted_unless_kept_and_credentials_always() -> None:
     assert redact_target("https://h.example/a/b") == "/a/b"
 
 
-def test_times_relative_or_iso() -> None:
+def test_since_and_until_take_relative_or_iso_times() -> None:
     now = 1_800_000_000.0
     assert parse_time("1h", now) == now - 3600
     assert parse_time("7d", now) == now - 7 * 86400

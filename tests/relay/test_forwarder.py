@@ -64,7 +64,7 @@ async def test_get_round_trip_keeps_status_and_headers(
 
 
 @pytest.mark.parametrize(("method", "size"), [("POST", 1000), ("PUT", 700 * 1024)])
-async def test_request_bodies_inline_and_streamed(
+async def test_request_bodies_reach_the_upstream_whole_inline_and_streamed(
     store: Store, keys: Keys, upstream: Upstream, method: str, size: int
 ) -> None:
     body = hashlib.sha256(b"x").digest() * (size // 32)
@@ -76,7 +76,9 @@ async def test_request_bodies_inline_and_streamed(
     assert doc["sha256"] == hashlib.sha256(body).hexdigest()
 
 
-async def test_head_and_custom_status(store: Store, keys: Keys, upstream: Upstream) -> None:
+async def test_a_head_response_has_no_body_and_any_status_passes_through(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
     async with running_forwarder(store, keys, upstream), client_for(store, keys) as client:
         async with await client.request("HEAD", f"{upstream.url}/echo") as response:
             assert response.status == 200

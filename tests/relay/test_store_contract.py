@@ -31,7 +31,7 @@ async def test_put_then_get_returns_the_bytes(store: Store) -> None:
     assert await store.get("requests/gpu01/a/head") == b"\x00sealed\xff"
 
 
-async def test_empty_object(store: Store) -> None:
+async def test_an_empty_object_is_stored_and_read_as_empty(store: Store) -> None:
     await store.put("x/empty", b"")
     assert await store.get("x/empty") == b""
     assert await store.exists("x/empty")
@@ -64,7 +64,7 @@ async def test_concurrent_create_only_has_exactly_one_winner(store: Store) -> No
     assert await store.get("claims/race") == f"writer {winner}".encode()
 
 
-async def test_missing_object(store: Store) -> None:
+async def test_a_missing_object_is_not_found_by_get_stream_or_exists(store: Store) -> None:
     with pytest.raises(ObjectNotFound, match="nothing/here"):
         await store.get("nothing/here")
     with pytest.raises(ObjectNotFound):
