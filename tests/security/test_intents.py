@@ -91,13 +91,14 @@ async def test_a_survivor_records_the_post_a_killed_forwarder_was_executing(
 
         monkeypatch.setattr(Forwarder, "_complete", nothing)
     async with client_for(store, keys) as client:
-        async with _doomed(store, keys, upstream, dataclasses.replace(FAST, id="fw-a")) \
+        async with _doomed(store, keys, upstream, dataclasses.replace(
+                FAST, id="fw-a", heartbeat_interval=0.2)) \
                 as (doomed, view):
             pending = asyncio.create_task(
                 client.request("POST", f"{upstream.url}/hold", body=b"x", timeout=60))
             await asyncio.wait_for(upstream.held.wait(), 30)  # the upstream has it
             await _kill(doomed, view, upstream)  # before its record is in any batch
-        survivor = dataclasses.replace(FAST, id="fw-b", stale_after=1.0)
+        survivor = dataclasses.replace(FAST, id="fw-b", stale_after=0.5)
         async with running_forwarder(store, keys, upstream, survivor):
             async with await asyncio.wait_for(pending, 60) as response:
                 assert response.status == 502
