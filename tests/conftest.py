@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import subprocess
 import sys
@@ -9,6 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import boto3
+import botocore.loaders
+import botocore.session
 import pytest
 from moto.server import ThreadedMotoServer
 
@@ -36,6 +40,18 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPat
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty / "credentials"))
     # a forwarder keeps state beside its default spool file: never the real home's
     monkeypatch.setenv("XDG_STATE_HOME", str(empty / "state"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_botocore_loader() -> Iterator[None]:
+    """Each S3Store opens its own botocore session, and each session parses the S3
+    service model again: 0.3 s of JSON for every store a test makes. One loader for the
+    test session parses it once. It loads the same files (as one session's clients share
+    its loader), so the stores behave as before; they are only quicker to open."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.session, "create_loader",
+                      functools.cache(botocore.loaders.create_loader))
+        yield
 
 
 _MOTO = """
@@ -92,9 +108,9 @@ def bucket(s3_endpoint: str) -> str:
     return name
 
 
-@pytest.fixture(params=["directory", "s3"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """Each store backend, empty; the contract suite runs once per backend."""
+@contextlib.asynccontextmanager
+async def open_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An empty store of the backend ``request.param`` names ("directory" or "s3")."""
     backend: Store
     if request.param == "directory":
         (tmp_path / "mailbox").mkdir()
@@ -104,6 +120,16 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         endpoint = request.getfixturevalue("s3_endpoint")
         backend = S3Store(name, "mailbox", endpoint_url=endpoint, max_attempts=2)
     async with backend:
+        yield backend
+
+
+@pytest.fixture(params=["directory", pytest.param("s3", marks=pytest.mark.slow)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each store backend, empty. Through moto, every store call is an HTTP request and a
+    relayed request costs 5-10 times what it costs in a directory, so the S3 variant of the
+    tests built on the store is in the slow tier (CI runs it); the store's own suites
+    (tests/relay/test_store_contract.py, test_s3_store.py) keep S3 in the fast tier."""
+    async with open_backend(request, tmp_path) as backend:
         yield backend
 
 

@@ -12,7 +12,6 @@ for commands and options that exist.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import fnmatch
 import json
@@ -28,6 +27,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from tests.eventually import eventually
 from tests.relay.harness import (
     FAST,
     Keys,
@@ -143,10 +143,9 @@ async def _exchange(tmp_path: Path, keys: Keys, upstream: Upstream, separate_aud
             with pytest.raises(RelayTimeout):
                 await client.request("GET", f"{upstream.url}/hold", timeout=0.5)
             upstream.release.set()
-            deadline = time.monotonic() + 30
-            while upstream.hits["/echo/orphan"] == 0 or forwarder.in_flight:
-                assert time.monotonic() < deadline, "the orphan was never taken over"
-                await asyncio.sleep(0.02)
+            await eventually(
+                lambda: upstream.hits["/echo/orphan"] > 0 and not forwarder.in_flight,
+                what="the orphan to be taken over and answered")
         # the janitor, a day later: leftovers of the timed-out and orphaned requests go
         real = forwarder.clock
         forwarder.clock = lambda: real() + 86400
@@ -224,7 +223,7 @@ def _options_exist(line: str) -> None:
             assert word.split("=")[0] in text, (line, word)
 
 
-def test_compose_file() -> None:
+def test_the_compose_file_pins_releases_and_uses_existing_options() -> None:
     compose = yaml.safe_load((ROOT / "minio-compose.yml").read_text())
     services = compose["services"]
     for name, service in services.items():
@@ -240,7 +239,7 @@ def test_compose_file() -> None:
     _options_exist("wonders forward " + " ".join(forwarder["command"]))
 
 
-def test_minio_init_script() -> None:
+def test_the_minio_init_script_makes_every_role_and_expires_all_but_the_audit() -> None:
     script = (DEPLOY / "minio-init.sh").read_text()
     assert subprocess.run(["/bin/sh", "-n", str(DEPLOY / "minio-init.sh")]).returncode == 0
     created = re.search(r"for role in ([a-z ]+); do", script)
@@ -254,7 +253,7 @@ def test_minio_init_script() -> None:
     assert "mc mb --ignore-existing --with-lock local/wonders-audit" in script
 
 
-def test_dockerfile() -> None:
+def test_the_image_is_pinned_unprivileged_and_holds_the_forwarders_dependencies() -> None:
     text = (ROOT / "Dockerfile").read_text()
     bases = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
     assert bases
@@ -275,6 +274,7 @@ def test_dockerfile() -> None:
     assert "--no-deps ." in text
 
 
+@pytest.mark.slow  # new interpreters
 def test_the_forwarder_runs_without_mitmproxy(tmp_path: Path) -> None:
     """What the image lacks is never imported by the forwarder's commands."""
     code = ("import sys; sys.modules['mitmproxy'] = None\n"
@@ -303,7 +303,7 @@ def test_the_forwarder_runs_without_mitmproxy(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("script", ["forwarder.sbatch", "gpu-job.sbatch"])
-def test_slurm_scripts(script: str) -> None:
+def test_the_slurm_scripts_parse_and_use_existing_options(script: str) -> None:
     path = DEPLOY / "slurm" / script
     assert subprocess.run(["/bin/bash", "-n", str(path)]).returncode == 0
     lines = [line.strip() for line in path.read_text().splitlines()]

@@ -27,13 +27,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.eventually import eventually_sync
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 
@@ -121,11 +122,7 @@ def _read_only(directory: Path) -> Iterator[str]:
 
 def _wait(what: str, seconds: float, check: Callable[[], bool],
           explain: Callable[[], str]) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {seconds:.0f} s\n{explain()}")
-        time.sleep(0.1)
+    eventually_sync(check, seconds, what=what, explain=explain)
 
 
 def test_the_image_contents_run_as_the_image_runs_them(

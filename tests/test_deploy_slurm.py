@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.eventually import eventually
 from tests.relay.harness import serve_upstream
 from wonders.mailbox import layout
 
@@ -82,12 +83,9 @@ def _run(env: dict[str, str], *command: str, cwd: Path | None = None) -> str:
 
 async def _until(what: str, seconds: float, check: Callable[[], bool],
                  explain: Callable[[], str]) -> None:
-    """Poll ``check`` (the event loop keeps serving the upstream) until it holds."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {seconds:.0f} s\n{explain()}")
-        await asyncio.sleep(0.25)
+    """Poll ``check`` (the event loop keeps serving the upstream) until it holds; the
+    daemons' files are read at most four times a second."""
+    await eventually(check, seconds, what=what, explain=explain, max_interval=0.25)
 
 
 def _text(path: Path) -> str:
@@ -171,8 +169,11 @@ async def test_forwarder_and_gpu_job_run_under_slurm(tmp_path: Path,
             str(BIN / "wonder-run"), "--", sys.executable, "-c", HOLD_PY, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         try:
-            await _until("the held request reaches the upstream", 120, upstream.held.is_set,
-                         lambda: _text(forwarder_log))
+            try:
+                await asyncio.wait_for(upstream.held.wait(), 120)
+            except TimeoutError:
+                pytest.fail("the held request did not reach the upstream within 120 s\n"
+                            + _text(forwarder_log))
             # Bring the forwarder's time limit within two minutes: Slurm then sends the
             # script's --signal (B:TERM@60) to the batch shell, which is the forwarder
             # (exec), at least 60 s before the limit.

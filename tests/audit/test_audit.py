@@ -9,12 +9,12 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.eventually import eventually
 from tests.relay.harness import (
     FAST,
     Keys,
@@ -39,7 +39,7 @@ from wonders.audit import (
 from wonders.audit import batch_keys as list_batch_keys
 from wonders.crypto import PrivateKey, new_request_id
 from wonders.mailbox import DirectoryStore, Store, layout
-from wonders.relay.records import parse_heartbeat
+from wonders.relay.records import Heartbeat, parse_heartbeat
 
 AUDITED = dataclasses.replace(FAST, audit_interval=0.05)
 
@@ -58,13 +58,6 @@ async def _batches(store: Store, signer: PrivateKey) -> list[Batch]:
 
 async def _records(store: Store, signer: PrivateKey) -> list[dict[str, Any]]:
     return [r for batch in await _batches(store, signer) for r in batch.records]
-
-
-async def _until(condition: Callable[[], bool], what: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 # ------------------------------------------------------------------------- redaction
@@ -114,7 +107,7 @@ def test_query_values_are_redacted_unless_kept_and_credentials_always() -> None:
     assert redact_target("https://h.example/a/b") == "/a/b"
 
 
-def test_times_relative_or_iso() -> None:
+def test_since_and_until_take_relative_or_iso_times() -> None:
     now = 1_800_000_000.0
     assert parse_time("1h", now) == now - 3600
     assert parse_time("7d", now) == now - 7 * 86400
@@ -199,7 +192,7 @@ async def test_an_unauthenticated_object_is_recorded_as_rejected(
     rid = new_request_id(time.time())
     async with running_forwarder(store, keys, upstream, AUDITED) as forwarder:
         await store.put(layout.head_key("requests", "gpu01", rid), b"not an envelope")
-        await _until(lambda: forwarder.counters.rejected == 1, "the rejection")
+        await eventually(lambda: forwarder.counters.rejected == 1, what="the rejection")
     (record,) = await _records(store, keys.forwarder)
     assert (record["id"], record["client"], record["decision"]) == (rid, "gpu01", "rejected")
     assert record["error"] == "malformed"
@@ -374,12 +367,12 @@ async def test_audit_store_outage_during_traffic_loses_no_record(
         first = await asyncio.gather(*(one(n) for n in range(10)))
         audit.down = True
         during = await asyncio.gather(*(one(n) for n in range(10, 30)))
-        await _until(lambda: audit.calls_while_down > 0, "a failed audit write")
+        await eventually(lambda: audit.calls_while_down > 0, what="a failed audit write")
         assert forwarder.audit.waiting >= 20
         assert forwarder.heartbeat().audit["failing"]
         audit.down = False
         after = await asyncio.gather(*(one(n) for n in range(30, 40)))
-        await _until(lambda: forwarder.audit.waiting == 0, "the records to be stored")
+        await eventually(lambda: forwarder.audit.waiting == 0, what="the records to be stored")
     assert first + during + after == [200] * 40
     records = await _records(store, keys.forwarder)
     assert len(records) == 40
@@ -400,27 +393,26 @@ async def test_a_full_audit_buffer_stops_new_requests_until_stored(
         for n in range(3):
             async with await client.request("GET", f"{upstream.url}/echo/{n}") as response:
                 assert response.status == 200
-        await _until(lambda: forwarder.audit.full, "a full audit buffer")
+        await eventually(lambda: forwarder.audit.full, what="a full audit buffer")
         waiting = asyncio.create_task(client.request("GET", f"{upstream.url}/echo/3"))
 
         async def pending() -> list[str]:
             return [k async for k in mailbox.list("requests/gpu01/")]
 
-        deadline = time.monotonic() + 20
-        while not await pending():
-            assert time.monotonic() < deadline, "the fourth request was never stored"
-            await asyncio.sleep(0.02)
+        await eventually(pending, what="the fourth request to be stored")
         # two heartbeats later it is still unclaimed, and the heartbeat says why
-        beats: list[float] = []
-        while len(beats) < 2:
-            assert time.monotonic() < deadline, "no heartbeats"
+        beats: list[Heartbeat] = []
+
+        async def two_new_heartbeats() -> bool:
             data = await mailbox.get(layout.heartbeat_key(settings.id))
             beat = parse_heartbeat(data, keys.forwarder.public)
             assert beat is not None
-            if not beats or beat.time > beats[-1]:
-                beats.append(beat.time)
-            await asyncio.sleep(0.05)
-        assert beat is not None
+            if not beats or beat.time > beats[-1].time:
+                beats.append(beat)
+            return len(beats) >= 2
+
+        await eventually(two_new_heartbeats, what="two heartbeats", explain=lambda: f"{beats}")
+        beat = beats[-1]
         assert beat.audit["blocked"] is True
         assert beat.audit["waiting"] == 3
         assert await pending()
@@ -462,7 +454,7 @@ async def test_records_are_flushed_at_shutdown_or_spooled(
     audit.down = False
     async with running_forwarder(mailbox, keys, upstream, AUDITED, audit_store=audit,
                                  audit_spool=spool) as forwarder:
-        await _until(lambda: forwarder.audit.waiting == 0, "the spooled records")
+        await eventually(lambda: forwarder.audit.waiting == 0, what="the spooled records")
     assert not spool.exists()
     records = await _records(audit.inner, keys.forwarder)
     assert sorted(r["path"] for r in records) == [f"/echo/{n}" for n in range(5)]

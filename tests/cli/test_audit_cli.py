@@ -1,5 +1,6 @@
-"""``wonders audit``, ``audit verify`` and ``audit stats`` as processes, on an audit log
-that a real forwarder wrote (directory mailbox)."""
+"""``wonders audit``, ``audit verify`` and ``audit stats`` on an audit log that a real
+forwarder wrote (directory mailbox): in this process through click's runner, and
+``--follow`` as a process."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import IO
 
 import pytest
 
+from tests.cli_runner import run_wonders
 from tests.relay.harness import FAST, client_for, make_keys, running_forwarder, serve_upstream
 from wonders.audit import AuditWriter
 from wonders.crypto import load_private_key, write_key_files
@@ -66,8 +68,7 @@ def root(written: Path, tmp_path: Path) -> Path:
 
 
 def _run(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([WONDERS, "audit", *args], capture_output=True, text=True,
-                          timeout=60, cwd=root)
+    return run_wonders("audit", *args, cwd=root)
 
 
 def _json_lines(text: str) -> list[dict[str, object]]:
@@ -88,7 +89,7 @@ def test_the_table_shows_every_request(root: Path) -> None:
     assert "5 records from" in done.stderr
 
 
-def test_json_and_filters(root: Path) -> None:
+def test_json_lines_hold_every_record_and_each_filter_selects_its_own(root: Path) -> None:
     everything = _json_lines(_run(root, "--config", "forwarder.toml", "--json").stdout)
     assert [r["client"] for r in everything] == ["gpu01"] * 4 + ["follower"]
     assert all(r["forwarder"] == "fw-a" for r in everything)
@@ -204,6 +205,7 @@ def _readline(stream: IO[str], within: float = 30.0) -> str:
         pool.shutdown(wait=False)
 
 
+@pytest.mark.slow  # a process that keeps running until SIGINT
 def test_follow_prints_new_batches(root: Path) -> None:
     follow = subprocess.Popen(
         [WONDERS, "audit", "--config", "forwarder.toml", "--json", "--follow",

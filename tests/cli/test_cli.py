@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from wonders.cli import main
@@ -51,6 +52,7 @@ def test_keygen_into_a_missing_directory(tmp_path: Path) -> None:
     assert "no such directory" in result.output
 
 
+@pytest.mark.slow  # the console script as processes
 def test_the_installed_command_runs(tmp_path: Path) -> None:
     """The console script that pip installed, as a user runs it."""
     script = Path(sys.executable).parent / "wonders"

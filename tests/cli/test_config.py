@@ -36,7 +36,7 @@ def _write(tmp_path: Path, extra: str) -> Path:
     return path
 
 
-def test_a_separate_audit_store(tmp_path: Path) -> None:
+def test_the_audit_table_names_a_separate_store_and_its_settings(tmp_path: Path) -> None:
     config = load_forwarder_config(_write(tmp_path, """
 [audit]
 mailbox = "s3://audit-locked/a"

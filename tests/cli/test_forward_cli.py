@@ -16,11 +16,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.eventually import eventually
 from tests.relay.harness import Keys, Upstream, client_for, make_keys
 from wonders.crypto import write_key_files
 from wonders.mailbox import DirectoryStore
 
 WONDERS = str(Path(sys.executable).parent / "wonders")
+
+#: Every test starts ``wonders forward`` as a process (its signals, exit status and log
+#: are what is tested), a second or more each.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -87,15 +92,14 @@ def processes() -> Iterator[list[Process]]:
 
 
 async def _until_alive(mailbox: DirectoryStore, keys: Keys, process: Process) -> None:
-    """Deadline-bounded wait for the process's first heartbeat."""
+    """Wait for the process's first heartbeat; fail at once if the process exits."""
     async with client_for(mailbox, keys) as probe:
-        for _ in range(300):
-            if await probe.forwarder_alive(refresh=True):
-                return
+        async def alive() -> bool:
             if process.proc.poll() is not None:
                 raise AssertionError(f"forwarder exited:\n{process.output()}")
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"forwarder never became alive:\n{process.output()}")
+            return await probe.forwarder_alive(refresh=True)
+
+        await eventually(alive, what="the forwarder's first heartbeat", explain=process.output)
 
 
 def _start(tmp_path: Path, config: Path, processes: list[Process], *extra: str) -> Process:
@@ -119,12 +123,14 @@ def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def test_missing_config(tmp_path: Path) -> None:
+def test_a_missing_config_file_is_a_one_line_error(tmp_path: Path) -> None:
     line = _one_error_line(_run("forward", "--config", str(tmp_path / "nope.toml")))
     assert "no such config file" in line
 
 
-def test_config_with_an_unknown_key(tmp_path: Path, upstream: Upstream, keys: Keys) -> None:
+def test_an_unknown_config_key_is_a_one_line_error_with_a_suggestion(
+    tmp_path: Path, upstream: Upstream, keys: Keys
+) -> None:
     config = _config(tmp_path, upstream, mailbx='"x"')
     line = _one_error_line(_run("forward", "--config", str(config)))
     assert line.endswith("mailbx: unknown key (did you mean 'mailbox'?); known keys: id, key, "
@@ -132,24 +138,32 @@ def test_config_with_an_unknown_key(tmp_path: Path, upstream: Upstream, keys: Ke
                          "tuning, audit")
 
 
-def test_unsafe_key_file(tmp_path: Path, upstream: Upstream, keys: Keys) -> None:
+def test_a_key_file_others_can_read_is_a_one_line_error_naming_the_chmod(
+    tmp_path: Path, upstream: Upstream, keys: Keys
+) -> None:
     (tmp_path / "keys" / "fw.key").chmod(0o644)
     line = _one_error_line(_run("forward", "--config", str(_config(tmp_path, upstream))))
     assert "chmod 600" in line
 
 
-def test_invalid_policy(tmp_path: Path, upstream: Upstream, keys: Keys) -> None:
+def test_an_invalid_policy_is_a_one_line_error_naming_the_key(
+    tmp_path: Path, upstream: Upstream, keys: Keys
+) -> None:
     (tmp_path / "keys" / "policy.toml").write_text("[clients.x]\nalow = 1\n")
     line = _one_error_line(_run("forward", "--config", str(_config(tmp_path, upstream))))
     assert "clients.x.alow: unknown key" in line
 
 
-def test_missing_mailbox_directory(tmp_path: Path, upstream: Upstream, keys: Keys) -> None:
+def test_a_missing_mailbox_directory_is_a_one_line_error(
+    tmp_path: Path, upstream: Upstream, keys: Keys
+) -> None:
     line = _one_error_line(_run("forward", "--config", str(_config(tmp_path, upstream))))
     assert "no such directory" in line
 
 
-def test_missing_bucket(tmp_path: Path, upstream: Upstream, keys: Keys, s3_endpoint: str) -> None:
+def test_a_missing_bucket_is_a_one_line_error(
+    tmp_path: Path, upstream: Upstream, keys: Keys, s3_endpoint: str
+) -> None:
     config = _config(tmp_path, upstream, mailbox='"s3://no-such-bucket/x"',
                      endpoint=f'"{s3_endpoint}"')
     line = _one_error_line(_run("forward", "--config", str(config)))
@@ -205,7 +219,7 @@ async def test_the_audit_log_goes_to_its_own_store_and_is_flushed_on_sigterm(
     assert paths == ["/echo/0", "/echo/1", "/echo/2"]
 
 
-async def test_prometheus_metrics(
+async def test_the_metrics_endpoint_counts_requests_by_client_decision_and_status(
     tmp_path: Path, upstream: Upstream, keys: Keys, mailbox: DirectoryStore,
     processes: list[Process],
 ) -> None:
@@ -229,14 +243,17 @@ async def test_prometheus_metrics(
             "wonders_in_flight 0.0",
             "wonders_audit_blocked 0.0",
         ]
-        for _ in range(200):  # the last record is counted just after its answer is stored
+        scrapes = [""]
+
+        async def all_counted() -> bool:
             async with session.get(found.group(1)) as scraped:
-                text = await scraped.text()
-            if all(line in text for line in expected):
-                break
-            await asyncio.sleep(0.05)
-        for line in expected:
-            assert line in text, line
+                scrapes[-1] = await scraped.text()
+            return all(line in scrapes[-1] for line in expected)
+
+        # the last record is counted just after its answer is stored
+        await eventually(all_counted, what=f"the metrics to show {expected}",
+                         explain=lambda: scrapes[-1])
+        text = scrapes[-1]
         assert re.search(r'wonders_body_bytes_total\{client="gpu01",direction="down"\} [1-9]',
                          text)
         assert "wonders_pending_requests" in text
@@ -244,7 +261,7 @@ async def test_prometheus_metrics(
     assert await process.wait() == 0
 
 
-async def test_metrics_port_in_use(
+async def test_a_metrics_port_in_use_is_an_error_with_exit_status_2(
     tmp_path: Path, upstream: Upstream, keys: Keys, mailbox: DirectoryStore,
 ) -> None:
     with socket.socket() as taken:
@@ -260,12 +277,9 @@ async def test_metrics_port_in_use(
 
 
 async def _until_logged(process: Process, text: str) -> None:
-    """Deadline-bounded wait for ``text`` in the forwarder's log; fails if it never comes."""
-    for _ in range(200):
-        if text in process.output():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never logged {text!r}:\n{process.output()}")
+    """Wait for ``text`` in the forwarder's log; fails if it never comes."""
+    await eventually(lambda: text in process.output(), what=f"{text!r} in the log",
+                     explain=process.output)
 
 
 async def test_sighup_reloads_the_policy_and_keeps_it_if_invalid(

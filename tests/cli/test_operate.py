@@ -1,5 +1,6 @@
 """Operating wonders from the command line alone: init, clients, forward, status, ping,
-wonder-run and audit, on a directory mailbox and on moto's S3 server."""
+wonder-run and audit, on a directory mailbox and on moto's S3 server (as processes), and
+the refusals of init and clients (in this process)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_runner import run_wonders
 from tests.relay.harness import Upstream, serve_upstream
 
 BIN = Path(sys.executable).parent
@@ -38,6 +40,7 @@ def mailbox(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
     return ["--mailbox", f"s3://{bucket}/cluster-a", "--endpoint", endpoint]
 
 
+@pytest.mark.slow  # every command as a process, wonder-run and a forwarder included
 async def test_from_init_to_a_relayed_request(tmp_path: Path, mailbox: list[str]) -> None:
     # an upstream by address, not "localhost", which wonder-run leaves out of the proxy
     async with serve_upstream(tmp_path, "127.0.0.2") as upstream:
@@ -121,17 +124,17 @@ async def _init_to_relayed_request(tmp_path: Path, upstream: Upstream, mailbox: 
 
 def test_init_refuses_to_overwrite_and_bad_names(tmp_path: Path) -> None:
     url = (tmp_path / "m").as_uri()
-    assert _run(WONDERS, "init", "forwarder", "--name", "fw1", "--mailbox", url, "--dir",
-                str(tmp_path)).returncode == 0
-    again = _run(WONDERS, "init", "forwarder", "--name", "fw1", "--mailbox", url, "--dir",
-                 str(tmp_path))
+    assert run_wonders("init", "forwarder", "--name", "fw1", "--mailbox", url, "--dir",
+                       str(tmp_path)).returncode == 0
+    again = run_wonders("init", "forwarder", "--name", "fw1", "--mailbox", url, "--dir",
+                        str(tmp_path))
     assert again.returncode == 2
     assert "nothing was written" in again.stderr
-    bad = _run(WONDERS, "init", "client", "--name", "gpu 1", "--mailbox", url)
+    bad = run_wonders("init", "client", "--name", "gpu 1", "--mailbox", url)
     assert bad.returncode == 2
     assert "invalid name" in bad.stderr
-    bad_url = _run(WONDERS, "init", "client", "--name", "gpu1", "--mailbox", "ftp://x",
-                   "--dir", str(tmp_path / "c"))
+    bad_url = run_wonders("init", "client", "--name", "gpu1", "--mailbox", "ftp://x",
+                          "--dir", str(tmp_path / "c"))
     assert bad_url.returncode == 2
     assert "unsupported scheme" in bad_url.stderr
     assert not (tmp_path / "c").exists()
@@ -158,17 +161,17 @@ allow = ["*.hf.co"]
 def test_clients_add_and_remove_keep_the_rest_of_the_file(tmp_path: Path) -> None:
     (tmp_path / "keys").mkdir()
     for name in ("old", "keep", "new"):
-        assert _run(WONDERS, "keygen", name, "--out", str(tmp_path / "keys")).returncode == 0
+        assert run_wonders("keygen", name, "--out", str(tmp_path / "keys")).returncode == 0
     policy = tmp_path / "policy.toml"
     for name in ("old", "keep"):
         (tmp_path / f"{name}.pub").write_bytes((tmp_path / "keys" / f"{name}.pub").read_bytes())
     policy.write_text(POLICY)
-    added = _run(WONDERS, "clients", "add", str(tmp_path / "keys" / "new.pub"), "--allow",
-                 "api.openai.com", "--policy", str(policy))
+    added = run_wonders("clients", "add", str(tmp_path / "keys" / "new.pub"), "--allow",
+                        "api.openai.com", "--policy", str(policy))
     assert added.returncode == 0, added.stderr
     assert policy.read_text().startswith(POLICY)  # every byte before it kept
     assert (tmp_path / "new.pub").exists()  # the bundle now sits beside the policy
-    removed = _run(WONDERS, "clients", "remove", "old", "--policy", str(policy))
+    removed = run_wonders("clients", "remove", "old", "--policy", str(policy))
     assert removed.returncode == 0, removed.stderr
     text = policy.read_text()
     assert "[clients.old]" not in text
@@ -176,19 +179,19 @@ def test_clients_add_and_remove_keep_the_rest_of_the_file(tmp_path: Path) -> Non
     assert "# Cluster A egress policy. Reviewed by ops." in text
     assert "rate_per_minute = 60   # keep it low" in text
     assert '[clients.keep]   # this one stays\nbundle = "keep.pub"' in text
-    listed = _run(WONDERS, "clients", "list", "--policy", str(policy))
+    listed = run_wonders("clients", "list", "--policy", str(policy))
     assert [line.split()[0] for line in listed.stdout.splitlines()] == ["NAME", "keep", "new"]
     # refusals leave the file as it was
     before = policy.read_text()
-    twice = _run(WONDERS, "clients", "add", str(tmp_path / "keys" / "new.pub"),
-                 "--policy", str(policy))
+    twice = run_wonders("clients", "add", str(tmp_path / "keys" / "new.pub"),
+                        "--policy", str(policy))
     assert twice.returncode == 2
     assert "already there" in twice.stderr
-    invalid = _run(WONDERS, "clients", "add", str(tmp_path / "keys" / "old.pub"), "--allow",
-                   "*", "--policy", str(policy))
+    invalid = run_wonders("clients", "add", str(tmp_path / "keys" / "old.pub"), "--allow",
+                          "*", "--policy", str(policy))
     assert invalid.returncode == 2
     assert "nothing was written" in invalid.stderr
-    missing = _run(WONDERS, "clients", "remove", "ghost", "--policy", str(policy))
+    missing = run_wonders("clients", "remove", "ghost", "--policy", str(policy))
     assert missing.returncode == 2
     assert "no client 'ghost' (clients: keep, new)" in missing.stderr
     assert policy.read_text() == before

@@ -58,11 +58,13 @@ def test_request_round_trip_with_inline_body(fw: PrivateKey, gpu01: PrivateKey) 
     assert opened.expires - opened.issued == pytest.approx(300)
 
 
-def test_empty_inline_body(fw: PrivateKey, gpu01: PrivateKey) -> None:
+def test_an_empty_request_body_opens_as_empty(fw: PrivateKey, gpu01: PrivateKey) -> None:
     assert _open(_request(gpu01, fw, b"").data, fw, gpu01).body == b""
 
 
-def test_request_with_streamed_body(fw: PrivateKey, gpu01: PrivateKey) -> None:
+def test_a_streamed_request_body_opens_whole_and_its_trailer_counts_it(
+    fw: PrivateKey, gpu01: PrivateKey
+) -> None:
     sealed = _request(gpu01, fw, body=None)
     assert sealed.body is not None
     parts = [b"a" * 1000, b"b", b"c" * 70000]
@@ -77,7 +79,7 @@ def test_request_with_streamed_body(fw: PrivateKey, gpu01: PrivateKey) -> None:
     assert opener.trailer.sha256 == hashlib.sha256(b"".join(parts)).digest()
 
 
-def test_response_round_trip_streamed(fw: PrivateKey, gpu01: PrivateKey) -> None:
+def test_a_streamed_response_opens_bound_to_its_request(fw: PrivateKey, gpu01: PrivateKey) -> None:
     request = _request(gpu01, fw)
     opened = _open(request.data, fw, gpu01)
     head = ResponseHead(200, "OK", (("Content-Type", "text/event-stream"),))
@@ -92,7 +94,9 @@ def test_response_round_trip_streamed(fw: PrivateKey, gpu01: PrivateKey) -> None
     assert read_body(got.body_opener(), segments) == b"data: 1\n\ndata: 2\n\n"
 
 
-def test_response_round_trip_inline(fw: PrivateKey, gpu01: PrivateKey) -> None:
+def test_an_inline_response_opens_with_its_status_and_body(
+    fw: PrivateKey, gpu01: PrivateKey
+) -> None:
     request = _request(gpu01, fw)
     response = seal_response(_open(request.data, fw, gpu01), ResponseHead(404, "Not Found"),
                              sender=fw, now=NOW, body=b"nope")
@@ -134,13 +138,17 @@ def test_every_seal_is_fresh(fw: PrivateKey, gpu01: PrivateKey) -> None:
 # ------------------------------------------------------------------------ rejections
 
 
-def test_unknown_sender(fw: PrivateKey, gpu01: PrivateKey, gpu02: PrivateKey) -> None:
+def test_a_request_from_an_unregistered_key_is_unknown_sender(
+    fw: PrivateKey, gpu01: PrivateKey, gpu02: PrivateKey
+) -> None:
     with pytest.raises(EnvelopeError) as info:
         _open(_request(gpu01, fw).data, fw, gpu02)
     assert _reason(info) == "unknown-sender"
 
 
-def test_wrong_recipient(fw: PrivateKey, gpu01: PrivateKey) -> None:
+def test_a_request_sealed_to_another_forwarder_is_wrong_recipient(
+    fw: PrivateKey, gpu01: PrivateKey
+) -> None:
     other_fw = PrivateKey.generate("fw2")
     with pytest.raises(EnvelopeError) as info:
         _open(_request(gpu01, other_fw).data, fw, gpu01)
@@ -157,7 +165,7 @@ def test_signed_by_another_registered_client_is_wrong_sender(
     assert _reason(info) == "wrong-sender"
 
 
-def test_head_copied_under_another_id(fw: PrivateKey, gpu01: PrivateKey) -> None:
+def test_a_head_copied_under_another_id_is_not_bound(fw: PrivateKey, gpu01: PrivateKey) -> None:
     with pytest.raises(EnvelopeError) as info:
         _open(_request(gpu01, fw).data, fw, gpu01, expected_id=rid(99))
     assert _reason(info) == "not-bound"
@@ -175,7 +183,7 @@ LIFETIME, SKEW = 300, 300
         pytest.param(NOW - SKEW + 1, None, id="issued-in-future-within-skew"),
     ],
 )
-def test_issue_and_expiry_times(
+def test_a_request_opens_only_within_its_lifetime_give_or_take_the_skew(
     fw: PrivateKey, gpu01: PrivateKey, now: float, reason: str | None
 ) -> None:
     sealed = _request(gpu01, fw)
@@ -197,7 +205,9 @@ def test_response_to_another_request_is_not_bound(fw: PrivateKey, gpu01: Private
     assert _reason(info) == "not-bound"
 
 
-def test_response_from_an_unpinned_forwarder(fw: PrivateKey, gpu01: PrivateKey) -> None:
+def test_a_response_from_an_unpinned_forwarder_is_unknown_sender(
+    fw: PrivateKey, gpu01: PrivateKey
+) -> None:
     rogue = PrivateKey.generate("rogue")
     request = _request(gpu01, rogue)
     response = seal_response(_open(request.data, rogue, gpu01), ResponseHead(200), sender=rogue,
@@ -224,7 +234,9 @@ def test_another_protocol_version_is_unsupported(fw: PrivateKey, gpu01: PrivateK
 
 
 @pytest.mark.parametrize("data", [b"", b"wonders1", b"GET / HTTP/1.1\r\n\r\n" * 10])
-def test_junk_is_malformed(fw: PrivateKey, gpu01: PrivateKey, data: bytes) -> None:
+def test_bytes_that_are_not_an_envelope_are_malformed(
+    fw: PrivateKey, gpu01: PrivateKey, data: bytes
+) -> None:
     with pytest.raises(EnvelopeError) as info:
         _open(data, fw, gpu01)
     assert _reason(info) == "malformed"
@@ -275,7 +287,9 @@ def test_opener_refuses_input_after_a_failure(fw: PrivateKey, gpu01: PrivateKey)
         opener.feed(good)
 
 
-def test_sealer_limits(fw: PrivateKey, gpu01: PrivateKey) -> None:
+def test_a_body_sealer_refuses_empty_oversized_and_late_segments(
+    fw: PrivateKey, gpu01: PrivateKey
+) -> None:
     sealed = _request(gpu01, fw, body=None)
     assert sealed.body is not None
     with pytest.raises(ValueError, match="1 to"):

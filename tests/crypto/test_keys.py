@@ -133,7 +133,7 @@ def test_swapped_key_files_are_named(tmp_path: Path) -> None:
         load_private_key(pub_path)
 
 
-def test_missing_files(tmp_path: Path) -> None:
+def test_a_missing_key_file_or_directory_is_named_in_the_error(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="no such private key file"):
         load_private_key(tmp_path / "nope.key")
     with pytest.raises(KeyFileError, match="no such public bundle file"):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.eventually import eventually
 from tests.relay.harness import FAST, Keys, Upstream, make_keys, running_forwarder
 from wonders.crypto import RequestHead, new_request_id, seal_request
 from wonders.mailbox import DirectoryStore, layout
@@ -50,10 +51,9 @@ async def test_a_backlog_of_ten_thousand_is_drained_with_linear_listing(
     store.listed = 0
     began = time.monotonic()
     async with running_forwarder(store, keys, upstream, FAST) as forwarder:
-        deadline = time.monotonic() + 600
-        while forwarder.counters.requests < BACKLOG:
-            assert time.monotonic() < deadline, f"{forwarder.counters.requests} drained"
-            await asyncio.sleep(0.1)
+        await eventually(lambda: forwarder.counters.requests >= BACKLOG, 600,
+                         what=f"{BACKLOG} requests to be drained",
+                         explain=lambda: f"{forwarder.counters.requests} drained")
         drained = time.monotonic() - began
     answers = [k async for k in DirectoryStore(tmp_path / "mailbox").list("responses/")]
     assert len(answers) == BACKLOG

@@ -105,6 +105,7 @@ def test_liveness_believes_movement_not_clocks() -> None:
     assert live.judge(_beat(now + 200, "i4"), now + 67) == "dead"  # never moved
 
 
+@pytest.mark.slow  # `wonders status` as a process
 async def test_status_judges_a_skewed_heartbeat_as_the_clients_do(
     tmp_path: Path, keys: Keys, upstream: Upstream
 ) -> None:

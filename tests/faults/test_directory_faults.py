@@ -96,6 +96,7 @@ def _namespace_problem() -> str | None:
     return None
 
 
+@pytest.mark.slow  # a fault test with processes
 def test_disk_full_and_permission_denied_then_fixed(tmp_path: Path) -> None:
     problem = _namespace_problem()
     if problem:

@@ -9,11 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.eventually import eventually
 from tests.proxy.conftest import pattern_sha256
 from tests.relay.harness import (
     FAST,
@@ -55,10 +55,9 @@ async def test_a_forwarder_killed_under_load_then_restarted(
     size = 3 * 1024 * 1024 + 17
     try:
         async with client_for(store, keys) as client:
-            deadline = time.monotonic() + 60
-            while not await client.forwarder_alive(refresh=True):
-                assert time.monotonic() < deadline, (tmp_path / "forwarder.log").read_text()
-                await asyncio.sleep(0.05)
+            await eventually(lambda: client.forwarder_alive(refresh=True), 60,
+                             what="the forwarder's first heartbeat",
+                             explain=(tmp_path / "forwarder.log").read_text)
 
             async def one(n: int) -> None:
                 try:
@@ -72,10 +71,9 @@ async def test_a_forwarder_killed_under_load_then_restarted(
                     outcomes.append(type(exc).__name__)
 
             load = [asyncio.create_task(one(n)) for n in range(40)]
-            deadline = time.monotonic() + 60
-            while len(outcomes) < 5:  # under load: some done, many in flight
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)
+            # under load: some done, many in flight
+            await eventually(lambda: len(outcomes) >= 5, 60, what="five requests to end",
+                             max_interval=0.01)
             first.kill()
             before = len(outcomes)
             await asyncio.to_thread(first.wait, 30)
@@ -133,10 +131,8 @@ async def test_the_proxy_killed_mid_download_leaves_nothing_after_the_janitor(
             assert await asyncio.wait_for(proxy.stdout.readline(), 60) == b"reading\n"
             os.killpg(proxy.pid, signal.SIGKILL)  # the proxy and its command
             await proxy.wait()
-            deadline = time.monotonic() + 60
-            while forwarder.in_flight:  # the forwarder finishes storing the answer
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            await eventually(lambda: not forwarder.in_flight, 60,
+                             what="the forwarder to finish storing the answer")
             left = [k async for k in store.list(layout.RESPONSES)]
             assert left, "the unread answer should still be in the mailbox"
             assert sum(1 for k in left if "/body/" in k) >= 2

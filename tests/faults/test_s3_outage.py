@@ -18,6 +18,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tests.eventually import eventually
 from tests.relay.harness import Upstream
 from wonders.audit import batch_keys, read_batches
 from wonders.crypto import PrivateKey, load_private_key, load_public_bundle, write_key_files
@@ -79,11 +80,12 @@ async def test_the_endpoint_stops_for_ten_seconds_during_traffic(
         async with S3Store("outage", endpoint_url=endpoint.url) as store, \
                 RelayClient(store, key, load_public_bundle(tmp_path / "fw1.pub"),
                             poll_fast=0.01, poll_slow=0.2, heartbeat_check=0.5) as client:
-            deadline = time.monotonic() + 60
-            while not await client.forwarder_alive(refresh=True):
-                assert time.monotonic() < deadline, (tmp_path / "forwarder.log").read_text()
+            async def alive() -> bool:
                 assert forwarder.returncode is None, (tmp_path / "forwarder.log").read_text()
-                await asyncio.sleep(0.1)
+                return await client.forwarder_alive(refresh=True)
+
+            await eventually(alive, 60, what="the forwarder's first heartbeat",
+                             explain=(tmp_path / "forwarder.log").read_text)
 
             async def one(n: int) -> None:
                 started = time.monotonic()

@@ -33,7 +33,9 @@ bundle = "follower.pub"
 
 
 @pytest.mark.slow
-async def test_soak_three_forwarders(tmp_path: Path, upstream: Upstream) -> None:
+async def test_three_forwarders_soak_two_thousand_requests_none_lost_or_repeated(
+    tmp_path: Path, upstream: Upstream
+) -> None:
     keys = make_keys(tmp_path, int(upstream.url.rsplit(":", 1)[1]), POLICY)
     store = DirectoryStore(tmp_path)
     statuses: list[int] = []

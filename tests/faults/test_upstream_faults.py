@@ -75,7 +75,9 @@ async def raw(tmp_path: Path) -> AsyncIterator[Upstream]:
 async def test_silent_upstreams_hit_the_read_timeout(tmp_path: Path, raw: Upstream) -> None:
     keys = make_keys(tmp_path, int(raw.url.rsplit(":", 1)[1]))
     store = DirectoryStore(tmp_path)
-    async with running_forwarder(store, keys, raw, SETTINGS), client_for(store, keys) as client:
+    impatient = dataclasses.replace(SETTINGS, read_timeout=0.5)  # each silence costs this
+    async with running_forwarder(store, keys, raw, impatient), \
+            client_for(store, keys) as client:
         async with await client.request("GET", f"{raw.url}/silent-headers") as response:
             assert response.status == 504
             assert response.header("X-Wonders-Error") == "upstream-timeout"

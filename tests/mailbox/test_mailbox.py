@@ -10,14 +10,14 @@ from wonders.errors import ConfigError
 from wonders.mailbox import DirectoryStore, S3Store, open_store
 
 
-def test_file_url(tmp_path: Path) -> None:
+def test_a_file_url_opens_a_directory_store(tmp_path: Path) -> None:
     store = open_store(tmp_path.as_uri())
     assert isinstance(store, DirectoryStore)
     assert store.root == tmp_path
     assert store.url == tmp_path.as_uri()
 
 
-def test_file_url_with_escapes(tmp_path: Path) -> None:
+def test_a_file_url_is_unescaped(tmp_path: Path) -> None:
     store = open_store(f"file://{tmp_path}/with%20space")
     assert isinstance(store, DirectoryStore)
     assert store.root == tmp_path / "with space"
@@ -32,7 +32,7 @@ def test_file_url_with_escapes(tmp_path: Path) -> None:
         ("s3://wonders-mailbox/cluster-a/v1/", "wonders-mailbox", "cluster-a/v1/"),
     ],
 )
-def test_s3_url(url: str, bucket: str, prefix: str) -> None:
+def test_an_s3_url_names_the_bucket_and_the_prefix(url: str, bucket: str, prefix: str) -> None:
     store = open_store(url, endpoint_url="http://127.0.0.1:9000", path_style=True)
     assert isinstance(store, S3Store)
     assert (store.bucket, store.prefix) == (bucket, prefix)
@@ -60,6 +60,6 @@ def test_bad_urls_are_clear_errors(url: str, message: str) -> None:
     assert message in str(info.value)
 
 
-def test_endpoint_only_for_s3(tmp_path: Path) -> None:
+def test_an_endpoint_is_refused_for_a_directory_mailbox(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="only applies to s3"):
         open_store(tmp_path.as_uri(), endpoint_url="http://127.0.0.1:9000")

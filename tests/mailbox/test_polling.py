@@ -30,6 +30,6 @@ def test_fast_while_active_then_backing_off_to_slow() -> None:
     assert backoff.next() == 0.01
 
 
-def test_invalid_intervals() -> None:
+def test_a_fast_interval_above_the_slow_one_is_refused() -> None:
     with pytest.raises(ValueError, match="0 < fast <= slow"):
         Backoff(fast=2.0, slow=1.0)

@@ -148,7 +148,7 @@ def _client_error(code: str, status: int, operation: str = "GetObject") -> Clien
         ("SlowDown", 503, False, StoreError, "cannot write k: m (SlowDown)"),
     ],
 )
-def test_client_error_mapping(
+def test_each_s3_error_becomes_a_one_line_store_error(
     code: str, status: int, missing: bool, expected: type[StoreError], text: str
 ) -> None:
     """S3 answers AccessDenied (not 404) for a missing key when the credentials lack

@@ -5,11 +5,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from tests.conftest import open_backend
 from wonders.errors import ObjectExists, ObjectNotFound
 from wonders.mailbox import DirectoryStore, Store, is_key
+
+
+@pytest.fixture(params=["directory", "s3"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """Each backend, both in the fast tier: this is the contract the rest relies on."""
+    async with open_backend(request, tmp_path) as backend:
+        yield backend
 
 
 async def _keys(store: Store, prefix: str, start_after: str | None = None) -> list[str]:
@@ -21,7 +31,7 @@ async def test_put_then_get_returns_the_bytes(store: Store) -> None:
     assert await store.get("requests/gpu01/a/head") == b"\x00sealed\xff"
 
 
-async def test_empty_object(store: Store) -> None:
+async def test_an_empty_object_is_stored_and_read_as_empty(store: Store) -> None:
     await store.put("x/empty", b"")
     assert await store.get("x/empty") == b""
     assert await store.exists("x/empty")
@@ -54,7 +64,7 @@ async def test_concurrent_create_only_has_exactly_one_winner(store: Store) -> No
     assert await store.get("claims/race") == f"writer {winner}".encode()
 
 
-async def test_missing_object(store: Store) -> None:
+async def test_a_missing_object_is_not_found_by_get_stream_or_exists(store: Store) -> None:
     with pytest.raises(ObjectNotFound, match="nothing/here"):
         await store.get("nothing/here")
     with pytest.raises(ObjectNotFound):
@@ -189,9 +199,13 @@ async def test_invalid_keys_are_refused(store: Store, key: str) -> None:
         await store.put(key, b"x")
 
 
-async def test_check_passes_on_a_usable_store(store: Store) -> None:
+async def test_check_passes_on_a_usable_store_and_changes_nothing(store: Store) -> None:
+    await store.put("requests/gpu01/a/head", b"x")
     await store.check()
     await store.check("requests/gpu01/")
+    await store.check("responses/")  # nothing under it yet
+    assert await _keys(store, "") == ["requests/gpu01/a/head"]
+    assert await store.get("requests/gpu01/a/head") == b"x"
 
 
 async def test_get_with_a_size_limit(store: Store) -> None:

@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 
-from wonders.policy.addresses import classify, parse_ip_literal
+from wonders.policy.addresses import IPV4_CLASSES, IPV6_CLASSES, classify, parse_ip_literal
 
 # (address, category or None for public) — in the style of Smokescreen's TestClassifyAddr
 CLASSIFIED = [
@@ -59,6 +59,7 @@ CLASSIFIED = [
     ("2002:808:808::1", "6to4 tunnel"),
     ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo tunnel"),
     ("2001:db8::1", "documentation"),
+    ("3fff::1", "documentation (RFC 9637)"),
     ("2001:2::1", "IETF protocol assignments"),
     ("100::1", "discard-only"),
     ("fc00::1", "unique local (ULA)"),
@@ -72,14 +73,20 @@ CLASSIFIED = [
 
 
 @pytest.mark.parametrize(("address", "category"), CLASSIFIED, ids=[a for a, _ in CLASSIFIED])
-def test_classify(address: str, category: str | None) -> None:
+def test_each_address_is_classified_as_the_table_says(address: str, category: str | None) -> None:
     result = classify(ip_address(address))
     assert result.category == category
     assert result.public is (category is None)
 
 
-def test_the_table_is_large_enough() -> None:
-    assert len(CLASSIFIED) >= 40
+def test_every_class_of_the_guard_has_a_case_in_the_table() -> None:
+    """A class added to IPV4_CLASSES or IPV6_CLASSES without an address here fails (the
+    carriers, IPv4-mapped and NAT64, are named with the class of what they carry)."""
+    seen = {classify(ip_address(address)).category for address, _ in CLASSIFIED}
+    names = {name for _, name in IPV4_CLASSES} | {name for _, name in IPV6_CLASSES}
+    missing = {name for name in names
+               if not any(c == name or (c or "").startswith(f"{name} ") for c in seen)}
+    assert missing == set()
 
 
 def test_embedded_address_is_reported() -> None:

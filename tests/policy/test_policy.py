@@ -131,7 +131,7 @@ DECISIONS = [
     DECISIONS,
     ids=[f"{c}-{m}-{u}" for c, m, u, *_ in DECISIONS],
 )
-def test_decision(
+def test_the_policy_decides_each_row_by_the_rule_it_names(
     policy: Policy, client: str, method: str, url: str, action: str, rule: str, now: float
 ) -> None:
     decision = policy.decide(client, method, url, now=now)
@@ -140,8 +140,17 @@ def test_decision(
     assert decision.status == (403 if action == "deny" else 200)
 
 
-def test_the_decision_table_is_large_enough() -> None:
-    assert len(DECISIONS) >= 25
+def test_every_allow_and_deny_entry_of_the_policy_decides_a_row_of_the_table(
+    policy: Policy,
+) -> None:
+    """An entry added to POLICY without a row that it decides fails, as does a cut table."""
+    decided = {policy.decide(client, method, url, now=now).rule
+               for client, method, url, _, _, now in DECISIONS}
+    scopes = [("global", policy), *((f"client {c.name}", c) for c in policy.clients.values())]
+    entries = {f'{scope}: {kind}[{i}] "{entry.text}"'
+               for scope, rules in scopes for kind in ("allow", "deny")
+               for i, entry in enumerate(getattr(rules, kind))}
+    assert entries - decided == set()
 
 
 def test_report_mode_says_what_it_would_deny(policy: Policy) -> None:
@@ -150,7 +159,7 @@ def test_report_mode_says_what_it_would_deny(policy: Policy) -> None:
     assert decision.reason == "would deny: no allow rule matches other.org"
 
 
-def test_request_size_limit(policy: Policy) -> None:
+def test_a_request_body_over_max_request_bytes_is_denied(policy: Policy) -> None:
     limit = policy.clients["gpu01"].max_request_bytes
     assert limit == 16 * 1024 * 1024
     assert policy.decide("gpu01", "POST", "https://pypi.org/", now=NOON,
@@ -221,7 +230,7 @@ def test_rate_limit_refills_with_time(keydir: Path) -> None:
     assert limiter.admit("gpu01").allowed
 
 
-def test_concurrency_cap(keydir: Path) -> None:
+def test_max_concurrent_refuses_with_429_until_a_request_is_released(keydir: Path) -> None:
     limiter = Limiter(_limited(keydir, "max_concurrent = 2"), Clock(NOON))
     assert limiter.admit("gpu01").allowed
     assert limiter.admit("gpu01").allowed
@@ -284,7 +293,7 @@ def test_loading_fills_defaults_and_keys(policy: Policy, keydir: Path) -> None:
     assert len(policy.digest) == 64
 
 
-def test_inline_bundle_and_sizes(keydir: Path) -> None:
+def test_a_bundle_may_be_inline_and_sizes_may_have_units(keydir: Path) -> None:
     pub = (keydir / "gpu01.pub").read_text()
     inline = ", ".join(f"{k} = {json.dumps(v)}" for k, v in json.loads(pub).items())
     rules = parse_policy(
@@ -356,7 +365,7 @@ def test_one_key_under_two_client_names_is_refused(keydir: Path) -> None:
         parse_policy(text, base=keydir)
 
 
-def test_missing_policy_file(tmp_path: Path) -> None:
+def test_a_missing_policy_file_is_named_in_the_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="no such policy file"):
         load_policy(tmp_path / "absent.toml")
 

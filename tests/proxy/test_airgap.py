@@ -43,6 +43,7 @@ async def _isolated(*command: str) -> tuple[int, str]:
     return proc.returncode, out.decode(errors="replace")
 
 
+@pytest.mark.slow  # pip through wonder-run, in a namespace
 async def test_pip_install_from_inside_a_namespace_with_no_network(
     tmp_path: Path, upstream: Upstream
 ) -> None:

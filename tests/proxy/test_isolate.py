@@ -26,8 +26,9 @@ def _namespaces_work() -> bool:
         check=False).returncode == 0
 
 
-pytestmark = pytest.mark.skipif(not _namespaces_work(),
-                                reason="user namespaces are not available on this machine")
+pytestmark = [pytest.mark.skipif(not _namespaces_work(),
+                                 reason="user namespaces are not available on this machine"),
+              pytest.mark.slow]  # wonder-run processes in namespaces
 
 
 async def test_only_the_proxy_is_reachable_from_inside(upstream: Upstream) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.eventually import eventually
 from tests.proxy.conftest import download_child, pattern_sha256
 from tests.proxy.test_wonder_run import CLIENTS, python, wonder_run
 from tests.relay.harness import Upstream
@@ -19,6 +20,9 @@ from wonders.mailbox import S3Store
 from wonders.relay.client import RelayClient
 
 WONDERS = str(Path(sys.executable).parent / "wonders")
+
+#: A ``wonders forward`` process on moto and wonder-run processes: seconds each.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -54,12 +58,14 @@ async def _start_forwarder(deployment: Path, bucket: str, s3_endpoint: str) -> (
     key = PrivateKey.generate("probe")
     async with S3Store(bucket, "cluster-a", endpoint_url=s3_endpoint) as store:
         probe = RelayClient(store, key, load_public_bundle(deployment / "fw1.pub"))
-        for _ in range(300):  # deadline-bounded wait for the first heartbeat
-            if await probe.forwarder_alive(refresh=True):
-                return proc
+
+        async def alive() -> bool:
             assert proc.returncode is None, (deployment / "forwarder.log").read_text()
-            await asyncio.sleep(0.05)
-    raise AssertionError("forwarder did not start")
+            return await probe.forwarder_alive(refresh=True)
+
+        await eventually(alive, what="the forwarder's first heartbeat",
+                         explain=(deployment / "forwarder.log").read_text)
+    return proc
 
 
 @pytest.fixture
@@ -149,10 +155,8 @@ async def test_512_mib_with_both_processes_peak_memory_reported(
         stderr=log)
     try:
         heartbeat = tmp_path / "mailbox" / "status" / "forwarders" / "fw1.json"
-        for _ in range(300):  # deadline-bounded wait for the first heartbeat
-            if heartbeat.exists():
-                break
-            await asyncio.sleep(0.05)
+        await eventually(heartbeat.exists, what="the forwarder's first heartbeat",
+                         explain=(tmp_path / "forwarder.log").read_text)
         size = 512 * 1024 * 1024
         code = download_child(size)
         started = asyncio.get_running_loop().time()

@@ -31,6 +31,10 @@ from tests.relay.harness import Upstream, serve_upstream
 WONDER_RUN = str(Path(sys.executable).parent / "wonder-run")
 GIT = shutil.which("git") or "git"
 
+#: Each test starts wonder-run (mitmproxy and a forwarder) as a process, a few seconds
+#: each; the control without the relay belongs with them.
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Done:
@@ -104,7 +108,7 @@ async def test_unmodified_python_clients_with_verification_on(
     assert "1 requests" in done.err.splitlines()[-1]
 
 
-async def test_curl(upstream: Upstream) -> None:
+async def test_curl_gets_through_with_verification_on(upstream: Upstream) -> None:
     done = await wonder_run(*local(upstream), "curl", "-sS", "--fail", f"{upstream.url}/echo")
     assert done.code == 0, done.err
     assert '"method": "GET"' in done.out

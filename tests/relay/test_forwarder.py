@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.eventually import eventually
 from tests.relay.harness import (
     FAST,
     Keys,
@@ -63,7 +64,7 @@ async def test_get_round_trip_keeps_status_and_headers(
 
 
 @pytest.mark.parametrize(("method", "size"), [("POST", 1000), ("PUT", 700 * 1024)])
-async def test_request_bodies_inline_and_streamed(
+async def test_request_bodies_reach_the_upstream_whole_inline_and_streamed(
     store: Store, keys: Keys, upstream: Upstream, method: str, size: int
 ) -> None:
     body = hashlib.sha256(b"x").digest() * (size // 32)
@@ -75,7 +76,9 @@ async def test_request_bodies_inline_and_streamed(
     assert doc["sha256"] == hashlib.sha256(body).hexdigest()
 
 
-async def test_head_and_custom_status(store: Store, keys: Keys, upstream: Upstream) -> None:
+async def test_a_head_response_has_no_body_and_any_status_passes_through(
+    store: Store, keys: Keys, upstream: Upstream
+) -> None:
     async with running_forwarder(store, keys, upstream), client_for(store, keys) as client:
         async with await client.request("HEAD", f"{upstream.url}/echo") as response:
             assert response.status == 200
@@ -118,11 +121,10 @@ async def test_read_segments_are_deleted_while_the_body_streams(
             head_start = 0
             for _ in range(3):
                 head_start += len(await anext(body))
-            for _ in range(500):  # deadline-bounded: the deletion runs in the background
-                if not await store.exists(first):
-                    break
-                await asyncio.sleep(0.01)
-            assert not await store.exists(first)
+            async def first_deleted() -> bool:  # the deletion runs in the background
+                return not await store.exists(first)
+
+            await eventually(first_deleted, what=f"{first} to be deleted")
             rest = sum([len(piece) async for piece in body])
     assert rest == size - head_start
 
@@ -272,11 +274,10 @@ async def test_unauthenticated_requests_are_removed_without_reaching_upstream(
     head, data = _bad_request(keys, upstream, case)
     await store.put(head, data)
     async with running_forwarder(store, keys, upstream) as forwarder:
-        for _ in range(500):  # deadline-bounded: the forwarder deletes it
-            if not await store.exists(head):
-                break
-            await asyncio.sleep(0.01)
-        assert not await store.exists(head)
+        async def deleted() -> bool:
+            return not await store.exists(head)
+
+        await eventually(deleted, what=f"the forwarder to delete {head}")
         assert forwarder.counters.rejected == 1
     assert upstream.hits["/echo"] == 0
     assert [k async for k in store.list("responses/")] == []
@@ -289,10 +290,8 @@ async def test_an_object_that_is_not_a_request_is_left_in_place_and_reported_onc
     caplog.set_level(logging.WARNING, "wonders.forwarder")
     await store.put("requests/gpu01/garbage", b"not an envelope")
     async with running_forwarder(store, keys, upstream) as forwarder:
-        for _ in range(500):  # deadline-bounded: the forwarder polls every few ms
-            if "requests/gpu01/garbage" in caplog.text:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: "requests/gpu01/garbage" in caplog.text,
+                         what="the odd name to be reported")
         async with client_for(store, keys) as client:  # polled many times meanwhile
             async with await client.request("GET", f"{upstream.url}/echo") as response:
                 assert response.status == 200
@@ -350,11 +349,8 @@ async def test_the_client_rides_out_a_mailbox_outage_then_times_out(
         flaky.down = True
         pending = asyncio.create_task(client.request("GET", f"{upstream.url}/echo",
                                                      timeout=30))
-        for _ in range(500):  # deadline-bounded: the client has met the outage a few times
-            if flaky.calls_while_down >= 3:
-                break
-            await asyncio.sleep(0.01)
-        assert flaky.calls_while_down >= 3
+        await eventually(lambda: flaky.calls_while_down >= 3,
+                         what="the client to meet the outage three times")
         assert not pending.done()
         flaky.down = False
         async with await asyncio.wait_for(pending, 30) as response:
@@ -529,7 +525,9 @@ async def test_a_request_in_flight_keeps_its_policy_across_a_reload(
         # gpu01's key is no longer registered: its next request cannot be authenticated,
         # so it is removed unanswered (only known senders get answers) and times out.
         with pytest.raises(RelayTimeout):
-            await client.request("GET", f"{upstream.url}/echo", timeout=2)
+            await client.request("GET", f"{upstream.url}/echo", timeout=1)
+        await eventually(lambda: forwarder.counters.rejected == 1,
+                         what="the forwarder to reject the request")
     assert upstream.hits["/echo"] == 0
 
 

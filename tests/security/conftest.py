@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.eventually import eventually
 from tests.relay.harness import Keys, Upstream, make_keys
 from wonders.audit import Batch, batch_keys, read_batches
 from wonders.crypto import PrivateKey
@@ -23,11 +23,9 @@ def keys(tmp_path: Path, upstream: Upstream) -> Keys:
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str,
                 within: float = 30.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+    """:func:`tests.eventually.eventually` under its old name, for the replay tests (being
+    edited on another branch); new code calls ``eventually``."""
+    await eventually(condition, within, what=what)
 
 
 async def records(store: Store, signer: PrivateKey) -> list[dict[str, Any]]:

@@ -9,13 +9,13 @@ client consumes, and a client that reads nothing for ``read_timeout`` ends its r
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from pathlib import Path
 
 import pytest
 
+from tests.eventually import eventually
 from tests.relay.harness import FAST, POLICY, Upstream, client_for, make_keys, running_forwarder
 from wonders.mailbox import Store
 
@@ -39,13 +39,16 @@ async def test_a_client_that_stops_reading_holds_the_upstream_back(
         body = response.iter_body()
         assert await anext(body)  # the head and one segment; then no more
         most = 0
-        for _ in range(3000):  # deadline-bounded: until the forwarder gives up on it
+
+        async def given_up() -> bool:  # counting the unread segments meanwhile
+            nonlocal most
             segments = [k async for k in store.list(f"responses/gpu01/{response.id}/body/")]
             most = max(most, len(segments))
-            if forwarder.in_flight == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert forwarder.in_flight == 0
+            return forwarder.in_flight == 0
+
+        # sampled every 10 ms, so that a pile-up beyond the window is seen
+        await eventually(given_up, what="the forwarder to give up on the reader",
+                         max_interval=0.01)
         assert most <= window + 1
         assert upstream.sent[path] < size  # it was never read to the end
         assert "error=client-stopped-reading" in caplog.text

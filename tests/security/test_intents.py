@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.test_forward_cli import Process, processes  # noqa: F401 (a fixture)
+from tests.eventually import eventually
 from tests.relay.harness import (
     FAST,
     Keys,
@@ -24,7 +25,7 @@ from tests.relay.harness import (
     client_for,
     running_forwarder,
 )
-from tests.security.conftest import records, until
+from tests.security.conftest import records
 from wonders.audit import AuditWriter, verify_log
 from wonders.crypto import write_key_files
 from wonders.errors import StoreError
@@ -90,13 +91,14 @@ async def test_a_survivor_records_the_post_a_killed_forwarder_was_executing(
 
         monkeypatch.setattr(Forwarder, "_complete", nothing)
     async with client_for(store, keys) as client:
-        async with _doomed(store, keys, upstream, dataclasses.replace(FAST, id="fw-a")) \
+        async with _doomed(store, keys, upstream, dataclasses.replace(
+                FAST, id="fw-a", heartbeat_interval=0.2)) \
                 as (doomed, view):
             pending = asyncio.create_task(
                 client.request("POST", f"{upstream.url}/hold", body=b"x", timeout=60))
             await asyncio.wait_for(upstream.held.wait(), 30)  # the upstream has it
             await _kill(doomed, view, upstream)  # before its record is in any batch
-        survivor = dataclasses.replace(FAST, id="fw-b", stale_after=1.0)
+        survivor = dataclasses.replace(FAST, id="fw-b", stale_after=0.5)
         async with running_forwarder(store, keys, upstream, survivor):
             async with await asyncio.wait_for(pending, 60) as response:
                 assert response.status == 502
@@ -109,13 +111,9 @@ async def test_a_survivor_records_the_post_a_killed_forwarder_was_executing(
         assert await _problems(store, keys) == []
     else:
         assert mine == [(1, "not-retried", "-")]
-        found: list[str] = []
-
-        async def reported() -> bool:  # once fw-a's last heartbeat is past its interval
-            found[:] = await _problems(store, keys)
-            return bool(found)
-
-        await until(reported, "verify to report the incomplete attempt")
+        # reported once fw-a's last heartbeat is past its interval
+        found = await eventually(lambda: _problems(store, keys),
+                                 what="verify to report the incomplete attempt")
         assert len(found) == 1, found
         assert "attempt 0 of client gpu01 (POST https://localhost" in found[0]
         assert "by forwarder fw-a" in found[0]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.eventually import eventually
 from tests.relay.harness import (
     FAST,
     Keys,
@@ -99,11 +100,10 @@ async def test_the_janitor_sweeps_past_odd_objects_and_keeps_running(
     for name in odd + expired:
         await put_raw(store, name)
     async with running_forwarder(store, keys, upstream, settings) as forwarder:
-        for _ in range(1000):  # deadline-bounded: the janitor runs every 50 ms
-            if not any([await exists_raw(store, name) for name in expired]):
-                break
-            await asyncio.sleep(0.01)
-        assert not any([await exists_raw(store, name) for name in expired])
+        async def swept() -> bool:  # the janitor runs every 50 ms
+            return not any([await exists_raw(store, name) for name in expired])
+
+        await eventually(swept, what=f"the janitor to remove {expired}")
         assert await _echo(store, keys, upstream) == 200
         assert await forwarder.sweep() == 0  # and again, over the odd names only
     for name in odd:

@@ -72,6 +72,7 @@ def _attack_requests() -> tuple[list[str], list[str]]:
     return names, raws
 
 
+@pytest.mark.slow  # wonder-run as a process
 async def test_another_local_user_without_the_secret_gets_407(
     upstream: Upstream, tmp_path: Path
 ) -> None:
@@ -167,6 +168,7 @@ _LEAK_CHILD = """
 """
 
 
+@pytest.mark.slow  # wonder-run as a process
 async def test_the_secret_is_in_no_argument_log_line_or_message(upstream: Upstream) -> None:
     done = await wonder_run(*local(upstream, "-v"), sys.executable, "-c",
                             textwrap.dedent(_LEAK_CHILD), upstream.url, "https://127.0.0.2:1")

@@ -39,6 +39,7 @@ def _ca() -> Path:
     return Path(os.environ["WONDERS_HOME"]) / "proxy-ca"
 
 
+@pytest.mark.slow  # wonder-run as a process
 async def test_a_readable_p12_stops_wonder_run_before_the_command(
     upstream: Upstream, tmp_path: Path
 ) -> None:
@@ -71,13 +72,21 @@ def test_every_key_file_and_every_lax_mode_is_refused(
         check_ca_key(directory)
 
 
-def test_public_files_may_be_readable(tmp_path: Path) -> None:
+def test_the_public_certificates_may_be_readable_while_the_keys_may_not(
+    tmp_path: Path,
+) -> None:
     directory = tmp_path / "ca"
     directory.mkdir(mode=0o700)
+    for key in CA_KEY_FILES:
+        (directory / key).write_bytes(b"key")
+        (directory / key).chmod(0o600)
     for public in ("mitmproxy-ca-cert.pem", "mitmproxy-ca-cert.p12", "mitmproxy-ca-cert.cer"):
         (directory / public).write_bytes(b"cert")
         (directory / public).chmod(0o644)
-    check_ca_key(directory)
+    check_ca_key(directory)  # accepted, as wonder-run makes it
+    (directory / CA_KEY_FILES[0]).chmod(0o644)  # the same mode on a key is refused
+    with pytest.raises(ConfigError, match="readable by group or others"):
+        check_ca_key(directory)
 
 
 @pytest.mark.parametrize("mode", [0o770, 0o702, 0o777], ids=oct)

@@ -57,6 +57,7 @@ def _post(framing: str) -> str:
             "Connection: close\r\n" + framing)
 
 
+@pytest.mark.slow  # wonder-run as a process
 async def test_ambiguous_framing_is_refused_through_wonder_run(
     upstream: Upstream, tmp_path: Path
 ) -> None:

@@ -67,6 +67,7 @@ REFUSED = {
 RELAYED = {"percent-encoded": _get("https://{upstream}/echo/%1B%5B2J%00%7F?q=%01")}
 
 
+@pytest.mark.slow  # wonder-run as a process
 async def test_raw_control_characters_in_the_request_line_get_400(
     upstream: Upstream, tmp_path: Path
 ) -> None:

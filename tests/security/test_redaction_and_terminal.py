@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -15,15 +13,16 @@ from urllib.parse import quote
 import pytest
 
 from tests.cli.test_forward_cli import Process, _config
+from tests.cli_runner import run_wonders
+from tests.eventually import eventually
 from tests.relay.harness import POLICY, Keys, Upstream, client_for, make_keys, running_forwarder
-from tests.security.conftest import records, until
+from tests.security.conftest import records
 from wonders.audit import AuditWriter, iso_time
 from wonders.cli.audit import _emit
 from wonders.crypto import PrivateKey, write_key_files
 from wonders.mailbox import DirectoryStore, Store
 from wonders.relay.records import PING_URL
 
-WONDERS = str(Path(sys.executable).parent / "wonders")
 SECRETS = ("SECRET-SIG", "SECRET-CRED", "SECRET-AZ", "SECRET-TOKEN", "SECRET-OCP")
 
 
@@ -73,15 +72,13 @@ def evil_log(tmp_path: Path) -> tuple[Path, Path]:
 def test_the_audit_table_prints_no_control_character(evil_log: tuple[Path, Path]) -> None:
     audit, pub = evil_log
     for extra in ((), ("--json",)):
-        shown = subprocess.run(
-            [WONDERS, "audit", "--mailbox", audit.as_uri(), "--key", str(pub), *extra],
-            capture_output=True, text=True, timeout=60, check=True)
+        shown = run_wonders("audit", "--mailbox", audit.as_uri(), "--key", str(pub), *extra)
+        assert shown.returncode == 0, shown.stderr
         assert "\x1b" not in shown.stdout
         assert "\x07" not in shown.stdout
         assert "\x1b" not in shown.stderr
-    assert "\\x1b]0;owned\\x07" in subprocess.run(
-        [WONDERS, "audit", "--mailbox", audit.as_uri(), "--key", str(pub)],
-        capture_output=True, text=True, timeout=60, check=True).stdout
+    table = run_wonders("audit", "--mailbox", audit.as_uri(), "--key", str(pub))
+    assert "\\x1b]0;owned\\x07" in table.stdout
 
 
 def test_followed_records_print_no_control_character(capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,6 +90,7 @@ def test_followed_records_print_no_control_character(capsys: pytest.CaptureFixtu
     assert "\\x1b[2J" in out
 
 
+@pytest.mark.slow  # a forwarder process, whose own log handler is what is tested
 async def test_forwarder_log_lines_escape_control_characters(
     tmp_path: Path, keys: Keys, upstream: Upstream
 ) -> None:
@@ -104,10 +102,8 @@ async def test_forwarder_log_lines_escape_control_characters(
     (junk / "head").write_bytes(b"junk")
     process = Process(_config(tmp_path, upstream), tmp_path / "forward.log")
     try:
-        async def logged() -> bool:
-            return "not a valid object key" in process.output()
-
-        await until(logged, "the odd name to be logged")
+        await eventually(lambda: "not a valid object key" in process.output(),
+                         what="the odd name to be logged", explain=process.output)
     finally:
         process.proc.terminate()
         await process.wait()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.eventually import eventually
 from tests.relay.harness import Upstream, client_for, make_keys, running_forwarder
 from wonders.mailbox import DirectoryStore, layout
 
@@ -87,9 +88,16 @@ bundle = "follower.pub"
                 assert response.header("X-Wonders-Error") == "response-headers-too-large"
                 text = (await response.read()).decode()
             assert "headers" in text
-            claims = sorted([k async for k in store.list(layout.CLAIMS)])
+            claims: list[str] = []
+
+            async def answered() -> bool:  # the done marker follows the stored answer
+                claims[:] = sorted([k.rsplit("/", 1)[1]
+                                    async for k in store.list(layout.CLAIMS)])
+                return "done" in claims
+
+            await eventually(answered, what="the done marker", explain=lambda: f"{claims}")
             # one attempt (its claim and its intent), answered: executed once, not retried
-            assert [k.rsplit("/", 1)[1] for k in claims] == ["0000", "0000.intent", "done"]
+            assert claims == ["0000", "0000.intent", "done"]
         assert raw.requests == 1
     finally:
         raw.closing.set()

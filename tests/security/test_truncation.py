@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.eventually import eventually
 from tests.relay.harness import FAST, Keys, Upstream, client_for, running_forwarder
-from tests.security.conftest import until
 from wonders.audit import batch_keys, parse_head, verify_log
 from wonders.errors import ObjectNotFound, WondersError
 from wonders.mailbox import Store, layout
@@ -38,7 +38,7 @@ async def _three_batches(forwarder: Forwarder, store: Store, keys: Keys,
                     return parse_head(await store.get(key), keys.forwarder.public).seq == n
                 return False
 
-            await until(written, f"batch {n} and its head object")
+            await eventually(written, what=f"batch {n} and its head object")
             heads.append((key, await store.get(key)))
 
     async def anchored() -> bool:  # the next heartbeat names the newest batch
@@ -46,7 +46,7 @@ async def _three_batches(forwarder: Forwarder, store: Store, keys: Keys,
                                keys.forwarder.public)
         return beat is not None and beat.audit["seq"] == 2
 
-    await until(anchored, "a heartbeat naming batch 2")
+    await eventually(anchored, what="a heartbeat naming batch 2")
     return heads
 
 
