@@ -136,9 +136,6 @@ log = logging.getLogger("wonders.forwarder")
 
 #: Keys a second the forwarder spends listing a backlog it already knows (one S3 page).
 _LIST_RATE = 1000.0
-#: Waiting for room this long (seconds), the forwarder also checks whether the newest
-#: segment was read: then the oldest was too, and stayed only because its delete failed.
-_STUCK = 1.0
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -252,12 +249,10 @@ class _ResponseWriter:
     polled with a backoff; a client that frees no slot for ``read_timeout`` (or past
     ``deadline``) ends the response with :class:`_NoRoom`.
 
-    One failed store call does not end the response (a download once broke off at 256 MiB
-    after a single failed put: tests/relay/test_stalls.py). A segment or trailer the store
-    fails to take is stored again until it does, for up to ``read_timeout``: nothing else
-    would ever store it, and the client would wait its whole timeout for it. And the client
-    reads in order, so once the newest stored segment is gone every older one was read, even
-    one whose delete failed: after a second of waiting, that counts as room too."""
+    One failed put does not end the response (a download once broke off at 256 MiB after a
+    single failed put: tests/relay/test_stalls.py). A segment or trailer the store fails to
+    take is stored again until it does, for up to ``read_timeout``: nothing else would ever
+    store it, and the client would wait its whole timeout for it."""
 
     def __init__(self, forwarder: Forwarder, request: OpenedRequest, client: str) -> None:
         self._fwd = forwarder
@@ -341,9 +336,7 @@ class _ResponseWriter:
             delay = min(delay * 2, 2.0)
 
     async def _room(self, index: int) -> None:
-        """Wait until segment ``index`` may be stored: until segment ``index - W`` is gone,
-        or, once that took ``_STUCK`` seconds, segment ``index - 1`` is (read in order: all
-        were read, and ``index - W`` only stayed because its delete failed).
+        """Wait until segment ``index`` may be stored: until segment ``index - W`` is gone.
 
         Meanwhile nothing reads the upstream (the pump waits here, the reader's queue is
         bounded), so TCP backpressure holds the server back."""
@@ -352,18 +345,10 @@ class _ResponseWriter:
         if oldest <= self._gone:
             return
         key = layout.body_key("responses", self._client, self._request.id, oldest)
-        newest = layout.body_key("responses", self._client, self._request.id, index - 1)
         loop = asyncio.get_running_loop()
-        began = loop.time()
-        until = min(began + settings.read_timeout, self.deadline)
+        until = min(loop.time() + settings.read_timeout, self.deadline)
         backoff = Backoff(0.005, 0.25, hold=0.0)
         while await self._fwd.store.exists(key):
-            if loop.time() - began >= _STUCK and not await self._fwd.store.exists(newest):
-                # everything stored was read: ``oldest`` stayed, its delete lost
-                log.info("response %s to %s: %s was read but is still there (the client "
-                         "could not delete it); going on", self.request_id, self._client, key)
-                self._gone = index - 1
-                return
             left = until - loop.time()
             if left <= 0:
                 if until >= self.deadline:
