@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -81,6 +82,31 @@ async def test_put_survives_a_parent_removed_while_it_is_being_made(
     await store.put("responses/gpu01/01A/head", b"x", create_only=create_only)
     assert removed
     assert await store.get("responses/gpu01/01A/head") == b"x"
+
+
+async def test_a_put_lands_while_a_delete_empties_and_removes_its_directory(
+    tmp_path: Path,
+) -> None:
+    """What a streamed response does all the time: the client deletes the segment it read
+    while the forwarder stores the next one beside it, and the delete removes body/ once it
+    is empty. The store of the second session lost this race now and then (Path.mkdir
+    found body/, the delete removed it, the check that it is a directory said no) and the
+    put failed with 'a parent is a file': the trigger of the stall in CI
+    (tests/relay/test_stalls.py). Eight responses race at once, 100 segments each."""
+    store = DirectoryStore(tmp_path)
+    ids = [f"01M8VJ2H0E4S98NWRPX4AKKW{n:02d}" for n in range(8)]
+
+    def segment(rid: str, n: int) -> str:
+        return f"responses/gpu01/{rid}/body/{n:08d}"
+
+    for rid in ids:
+        await store.put(f"responses/gpu01/{rid}/head", b"head")
+        await store.put(segment(rid, 0), b"0")
+    for n in range(1, 100):
+        await asyncio.gather(*(step for rid in ids for step in (
+            store.delete(segment(rid, n - 1)), store.put(segment(rid, n), b"%d" % n))))
+    assert [k async for k in store.list("responses/")] == [
+        key for rid in ids for key in (segment(rid, 99), f"responses/gpu01/{rid}/head")]
 
 
 async def test_a_hard_link_at_a_key_is_replaced_never_written_through(tmp_path: Path) -> None:

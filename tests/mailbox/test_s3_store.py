@@ -5,6 +5,7 @@ All against moto's S3 server on a loopback port.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import socket
@@ -128,6 +129,33 @@ async def test_unreachable_endpoint_is_one_line() -> None:
             await store.check()
     message = _one_line(info.value)
     assert f"s3://bucket/ at {endpoint}: cannot reach the endpoint" in message
+
+
+async def test_a_body_cut_short_by_the_endpoint_is_a_store_error_in_one_line() -> None:
+    """The connection breaks in the middle of an object's body (an endpoint restarting, a
+    proxy giving up). aiohttp raises ClientPayloadError there, which is no botocore error:
+    it went past the mapping, and the client, which rides out StoreError, ended the
+    download at once (the proxy then broke the connection on an unhandled exception)."""
+
+    async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nthe first bytes only")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(cut_short, "127.0.0.1", 0)
+    endpoint = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    async def stream(store: S3Store) -> None:
+        async for _ in store.stream("k"):
+            pass
+
+    async with server, S3Store("bucket", endpoint_url=endpoint, max_attempts=1) as store:
+        for read in (store.get("k"), store.get("k", max_bytes=4096), stream(store)):
+            with pytest.raises(StoreError) as info:
+                await read
+            message = _one_line(info.value)
+            assert f"s3://bucket/ at {endpoint}: cannot read k: " in message
 
 
 def _client_error(code: str, status: int, operation: str = "GetObject") -> ClientError:

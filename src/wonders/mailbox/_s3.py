@@ -18,7 +18,8 @@ points at MinIO and other servers, ``path_style`` forces path addressing.
   prefix can give an object any name, and a name wonders cannot use is not one of its
   objects.
 - botocore and aiohttp errors are converted here, into one line that names the endpoint,
-  the bucket and the cause.
+  the bucket and the cause; a body cut short is one too (aiohttp raises it, not botocore),
+  so callers that ride out store failures ride out that one as well.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn, Self
 
+import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import (
@@ -174,6 +176,11 @@ class S3Store:
             raise StoreError(f"{self._where}: cannot reach the endpoint ({cause})") from None
         except BotoCoreError as exc:
             raise StoreError(f"{self._where}: cannot {what}: {exc}") from None
+        except aiohttp.ClientError as exc:
+            # a body cut short (ClientPayloadError) is aiohttp's alone: botocore maps only
+            # what goes wrong before the body is read
+            raise StoreError(f"{self._where}: cannot {what}: the connection broke off "
+                             f"({type(exc).__name__}: {exc})") from None
 
     def _raise_client_error(self, exc: ClientError, what: str, key: str, missing: bool) -> NoReturn:
         code = _code(exc)

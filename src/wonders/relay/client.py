@@ -58,6 +58,10 @@ log = logging.getLogger("wonders.client")
 
 Body = bytes | AsyncIterable[bytes]
 
+#: Seconds ``close()`` waits for read segments still being deleted (retried while the store
+#: fails); the janitor removes what is left.
+_CLOSE_GRACE = 5.0
+
 
 @dataclass
 class _Waiter:
@@ -140,8 +144,12 @@ class RelayClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
-        if self._deleting:  # read segments still being deleted
-            await asyncio.wait(set(self._deleting))
+        if self._deleting:  # read segments still being deleted: a moment, then the janitor's
+            _, late = await asyncio.wait(set(self._deleting), timeout=_CLOSE_GRACE)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
 
     # ------------------------------------------------------------------- liveness
 
@@ -362,16 +370,21 @@ class RelayClient:
             raise
         return RelayResponse(self, opened, waiter, timeout)
 
-    def _delete_later(self, key: str) -> None:
-        task = asyncio.create_task(self._delete_quietly(key))
+    def _delete_later(self, key: str, deadline: float) -> None:
+        task = asyncio.create_task(self._delete_read(key, deadline))
         self._deleting.add(task)
         task.add_done_callback(self._deleting.discard)
 
-    async def _delete_quietly(self, key: str) -> None:
+    async def _delete_read(self, key: str, deadline: float) -> None:
+        """Delete a segment that was read, again after a failure until ``deadline`` (loop
+        time). Not only tidying: the deletion tells the forwarder the segment was read, and
+        it stores no more of the response until the oldest unread one is gone, so one lost
+        delete used to stall the download and then cut it (tests/relay/test_stalls.py)."""
         try:
-            await self.store.delete(key)
-        except StoreError as exc:  # the janitor is the backstop
-            log.debug("could not delete %s: %s", key, exc)
+            await self._patiently(deadline, f"delete {key}",
+                                  functools.partial(self.store.delete, key))
+        except (StoreError, RelayTimeout) as exc:  # the janitor is the backstop
+            log.warning("could not delete %s, which the forwarder waits for: %s", key, exc)
 
     async def _discard(self, waiter: _Waiter, *, request: bool = False) -> None:
         """Delete what is left of an exchange: the response objects this client saw, and
@@ -447,7 +460,7 @@ class RelayResponse:
             # Read segments go at once (in the background), so the response prefix the
             # poller lists holds only what is still to be read, however long the body.
             self._waiter.keys.discard(key)
-            client._delete_later(key)
+            client._delete_later(key, loop.time() + self._idle_timeout)
             if plain:
                 yield plain
 

@@ -237,7 +237,12 @@ class _ResponseWriter:
     Flow control: at most ``max_unread_segments`` (W) segments wait unread. Segment n >= W
     is stored only once segment n - W is gone (the client deletes each segment it read),
     polled with a backoff; a client that frees no slot for ``read_timeout`` (or past
-    ``deadline``) ends the response with :class:`_NoRoom`."""
+    ``deadline``) ends the response with :class:`_NoRoom`.
+
+    One failed put does not end the response (a download once broke off at 256 MiB after a
+    single failed put: tests/relay/test_stalls.py). A segment or trailer the store fails to
+    take is stored again until it does, for up to ``read_timeout``: nothing else would ever
+    store it, and the client would wait its whole timeout for it."""
 
     def __init__(self, forwarder: Forwarder, request: OpenedRequest, client: str) -> None:
         self._fwd = forwarder
@@ -291,8 +296,34 @@ class _ResponseWriter:
     async def _put(self, segment: bytes) -> None:
         await self._room(self._index)
         key = layout.body_key("responses", self._client, self._request.id, self._index)
-        await self._fwd.store.put(key, segment)
+        await self._store(key, segment)
         self._index += 1
+
+    async def _store(self, key: str, segment: bytes) -> None:
+        """Put ``segment`` at ``key``, again after a failure (a plain put of the same bytes
+        is idempotent), until it lands or ``read_timeout`` (or the deadline) passes; then
+        the last failure is raised."""
+        loop = asyncio.get_running_loop()
+        until = min(loop.time() + self._fwd.settings.read_timeout, self.deadline)
+        delay, failures = 0.05, 0
+        while True:
+            try:
+                await self._fwd.store.put(key, segment)
+            except StoreError as exc:
+                failures += 1
+                left = until - loop.time()
+                if left <= 0:
+                    raise
+                if failures == 1:  # once per segment, not once per attempt
+                    log.warning("response %s to %s: could not store %s, retrying for up to "
+                                "%.0f s: %s", self.request_id, self._client, key, left, exc)
+            else:
+                if failures:
+                    log.info("response %s to %s: %s stored after %d failed attempts",
+                             self.request_id, self._client, key, failures)
+                return
+            await asyncio.sleep(min(delay, left))  # the retry interval
+            delay = min(delay * 2, 2.0)
 
     async def _room(self, index: int) -> None:
         """Wait until segment ``index`` may be stored: until segment ``index - W`` is gone.
