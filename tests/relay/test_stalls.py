@@ -33,7 +33,7 @@ from tests.relay.harness import (
     running_forwarder,
 )
 from wonders.errors import StoreError
-from wonders.relay import Store
+from wonders.mailbox import Store
 
 SEGMENT = 64 * 1024
 SEGMENTS = 12
