@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import json
@@ -49,9 +48,7 @@ import secrets
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -65,7 +62,6 @@ from wonders.audit import (
     is_credential,
     iso_time,
     parse_intent,
-    redact_headers,
     redact_target,
 )
 from wonders.crypto import (
@@ -91,7 +87,17 @@ from wonders.errors import (
 from wonders.mailbox import Backoff, OddKeys, Store, layout, wait_event, watch
 from wonders.mailbox.layout import EnvelopeKey
 from wonders.policy import ClientPolicy, Limiter, Policy, egress_bytes, header_bytes, parse_target
+from wonders.relay.forwarder.claims import (
+    Answered,
+    Claimant,
+    ClaimMachine,
+    ClaimRules,
+    Recheck,
+    Won,
+    drive,
+)
 from wonders.relay.forwarder.metrics import Metrics
+from wonders.relay.forwarder.outcome import Counters, _log, _Outcome, _record
 from wonders.relay.forwarder.segmenter import (
     Action,
     Finish,
@@ -102,6 +108,7 @@ from wonders.relay.forwarder.segmenter import (
     Whole,
     flush_delay_for,
 )
+from wonders.relay.forwarder.settings import ForwarderSettings
 from wonders.relay.forwarder.state import ExecutedIds, state_paths
 from wonders.relay.forwarder.upstream import (
     AddressDenied,
@@ -110,14 +117,7 @@ from wonders.relay.forwarder.upstream import (
     response_headers,
 )
 from wonders.relay.headers import strip_hop_by_hop
-from wonders.relay.records import (
-    PING_HOST,
-    Claim,
-    Heartbeat,
-    Liveness,
-    parse_claim,
-    parse_heartbeat,
-)
+from wonders.relay.records import PING_HOST, Heartbeat, Liveness
 from wonders.text import Throttle
 
 __all__ = ["Forwarder", "ForwarderFailed", "ForwarderSettings"]
@@ -134,84 +134,6 @@ class ForwarderFailed(WondersError):
     """A part of the forwarder that must run for as long as it serves (the heartbeat, the
     janitor, the audit writer, the poll loop) stopped unexpectedly: the forwarder stopped
     rather than go on half working. ``wonders forward`` exits with status 1."""
-
-
-@dataclass(frozen=True, slots=True)
-class ForwarderSettings:
-    """How a forwarder runs; every duration in seconds."""
-
-    id: str = "forwarder"
-    poll_fast: float = 0.01
-    poll_slow: float = 1.0
-    heartbeat_interval: float = 5.0
-    stale_after: float = 30.0
-    max_in_flight: int = 64
-    skew: float = 300.0
-    response_lifetime: float = 300.0
-    segment_size: int = 4 * 1024 * 1024
-    #: Flow control: at most this many response segments of one response wait unread in
-    #: the mailbox. The next one is stored once the client has read (and deleted) the
-    #: oldest; meanwhile the upstream is not read, so TCP backpressure reaches the server.
-    #: A client that reads nothing for ``read_timeout`` ends its response there.
-    max_unread_segments: int = 4
-    #: The longest a response byte waits in the forwarder before it is sent (counted from
-    #: the oldest byte waiting, so a steady stream flows); event streams use the shorter
-    #: ``stream_flush_delay``. See :mod:`wonders.relay.forwarder.segmenter`.
-    flush_delay: float = 0.25
-    stream_flush_delay: float = 0.01
-    inline_limit: int = 64 * 1024
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    total_timeout: float = 3600.0
-    max_redirects: int = 10
-    grace: float = 30.0
-    #: Longest request lifetime accepted; claims are kept this long (plus skew), so a
-    #: copied head is refused as a replay for as long as it could still open.
-    max_request_lifetime: float = 3600.0
-    janitor_interval: float = 60.0
-    #: An audit batch is written every ``audit_interval`` seconds or ``audit_batch``
-    #: records; with ``audit_capacity`` records waiting, no new request is started.
-    audit_interval: float = 1.0
-    audit_batch: int = 500
-    audit_capacity: int = 10_000
-
-
-@dataclass
-class Counters:
-    requests: int = 0
-    allowed: int = 0
-    denied: int = 0
-    rejected: int = 0
-    errors: int = 0
-    bytes_up: int = 0
-    bytes_down: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
-
-
-@dataclass
-class _Outcome:
-    """What one request came to, for the log line and the audit record."""
-
-    status: int = 0
-    decision: str = "-"
-    rule: str = ""
-    error: str = ""
-    bytes_up: int = 0
-    bytes_down: int = 0
-    upstream_seconds: float | None = None
-    request_sha256: bytes | None = None
-    response_sha256: bytes | None = None
-    response_headers: Headers = ()
-    redirects: list[str] = dataclasses.field(default_factory=list)
-    #: The URL with its host normalised: what is decided, fetched and audited ("" if it
-    #: cannot be normalised, and is denied as malformed).
-    url: str = ""
-    #: Nothing was done (the head vanished, or an earlier attempt already answered).
-    nothing: bool = False
-    #: An intent was stored for this attempt: its record must be written, whatever happens.
-    intent: bool = False
 
 
 class _ErrorReply(Exception):
@@ -356,6 +278,7 @@ class Forwarder:
         *,
         upstream_ca: str | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         audit_store: Store | None = None,
         audit_spool: Path | None = None,
         audit_keep_query: bool = False,
@@ -364,11 +287,14 @@ class Forwarder:
         """``audit_store`` (default: the mailbox) holds the audit log; records that cannot
         be stored at shutdown go to ``audit_spool`` and are written at the next start.
         ``audit_keep_query`` records query values (credentials are redacted still).
-        ``metrics`` (optional) counts every request for Prometheus."""
+        ``metrics`` (optional) counts every request for Prometheus. ``clock`` is the
+        wall clock (Unix seconds: claims, envelopes, the audit log), ``monotonic`` the one
+        durations and deadlines are measured with."""
         self.store = store
         self.key = key
         self.settings = settings or ForwarderSettings()
         self.clock = clock
+        self.monotonic = monotonic
         self.instance = secrets.token_hex(8)
         self.started = clock()
         self.counters = Counters()
@@ -389,7 +315,10 @@ class Forwarder:
         self._recheck: dict[str, float] = {}  # claimed by others: when to look again
         self._backlog: dict[str, EnvelopeKey] = {}  # listed, not started yet
         self._listed_at = -float("inf")
-        self._liveness = Liveness(self.settings.stale_after, self.settings.skew)
+        self._claimant = Claimant(self.settings.id, self.instance, key.public)
+        self._claim_rules = ClaimRules(
+            self.settings.stale_after, self.settings.recheck,
+            Liveness(self.settings.stale_after, self.settings.skew, monotonic))
         #: Set once the first heartbeat is stored: from then on clients see this forwarder.
         self.ready = asyncio.Event()
         # Replay protection that does not trust the mailbox: the ids answered here until
@@ -698,45 +627,22 @@ class Forwarder:
                 await head  # retrieved: no "exception never retrieved" warning
 
     async def _claim(self, client: str, rid: str) -> int | None:
-        """The attempt this instance won, or None if another forwarder holds the request."""
-        now = self.clock()
-        claim = Claim(self.settings.id, self.instance, 0, now)
-        try:
-            await self.store.put(layout.claim_key(rid, 0), claim.to_json(), create_only=True)
-            return 0
-        except ObjectExists:
-            pass
-        young = now - request_id_time(rid) < self.settings.stale_after / 2
-        if rid not in self._recheck and young:
-            # Just lost the race for a new request: a claim made moments ago cannot be
-            # stale, so only look closer if the request is still here later.
-            self._recheck[rid] = now + self.settings.stale_after / 2
-            return None
-        keys = [k async for k in self.store.list(layout.claim_prefix(rid))
-                if layout.parse_claim_key(k) is not None]
-        if layout.done_key(rid) in keys:
-            await self._delete_request(client, rid)  # answered: only leftovers remain
-            return None
-        attempts = sorted(k for k in keys if k.rsplit("/", 1)[1].isdigit())
-        latest = attempts[-1] if attempts else layout.claim_key(rid, 0)
-        try:
-            held = parse_claim(await self.store.get(latest, max_bytes=layout.MAX_CLAIM_BYTES))
-        except (ObjectNotFound, UnsafeObject):  # junk: as parse_claim, treated as stale
-            held = None
-        if held is not None and not await self._stale(held):
-            self._recheck[rid] = now + self.settings.stale_after / 2
-            return None
-        attempt = (held.attempt if held else len(attempts) - 1) + 1
-        claim = Claim(self.settings.id, self.instance, attempt, now)
-        try:
-            await self.store.put(layout.claim_key(rid, attempt), claim.to_json(), create_only=True)
-        except ObjectExists:
-            self._recheck[rid] = now + self.settings.stale_after / 2
-            return None
-        log.info("request %s: took over a stale claim (attempt %d)", rid, attempt)
-        if held is None or held.instance != self.instance:
-            await self._complete(rid, attempt - 1)
-        return attempt
+        """The attempt this instance won, or None if another forwarder holds the request
+        (see :mod:`.claims`)."""
+        machine = ClaimMachine(rid, self._claimant, self._claim_rules,
+                               rechecking=rid in self._recheck)
+        match await drive(machine, self.store, self.clock):
+            case Recheck(at):
+                self._recheck[rid] = at
+            case Answered():
+                await self._delete_request(client, rid)  # only leftovers remain
+            case Won(attempt, took_over, complete):
+                if took_over:
+                    log.info("request %s: took over a stale claim (attempt %d)", rid, attempt)
+                if complete is not None:
+                    await self._complete(rid, complete)
+                return attempt
+        return None
 
     async def _complete(self, rid: str, attempt: int) -> None:
         """Record attempt ``attempt`` (taken over here) if its forwarder died after storing
@@ -759,25 +665,6 @@ class Forwarder:
         self.audit.add(intent.completion(self.settings.id, self.clock()))
         log.warning("request %s: attempt %d by forwarder %s died after it was about to be "
                     "executed; recorded as %s", rid, attempt, intent.forwarder, FORWARDER_DIED)
-
-    async def _stale(self, claim: Claim) -> bool:
-        now = self.clock()
-        if claim.instance == self.instance:
-            # One task per request in this instance, and it is the one asking: a claim of
-            # ours is left from an earlier task that ended without answering.
-            return True
-        try:
-            data = await self.store.get(layout.heartbeat_key(claim.forwarder),
-                                        max_bytes=layout.MAX_HEARTBEAT_BYTES)
-        except (ObjectNotFound, ValueError, UnsafeObject):
-            return now - claim.claimed > self.settings.stale_after
-        beat = parse_heartbeat(data, self.key.public)
-        if beat is None:
-            return now - claim.claimed > self.settings.stale_after
-        if beat.instance != claim.instance:
-            return True  # that forwarder restarted: the claiming process is gone
-        # alive or pending (its clock is off from ours; look again later): not stale
-        return self._liveness.judge(beat, now) == "dead"
 
     # ------------------------------------------------------------------ requests
 
@@ -812,9 +699,9 @@ class Forwarder:
             outcome.error = outcome.error or f"store: {exc}"
             raise
         finally:
-            self._log(client, rid, opened, outcome, started)
+            _log(self, client, rid, opened, outcome, started)
             if not outcome.nothing or outcome.intent:
-                record = self._record(client, rid, attempt, opened, outcome, claimed, started)
+                record = _record(self, client, rid, attempt, opened, outcome, claimed, started)
                 self.audit.add(record)
                 if self.metrics is not None:
                     self.metrics.observe(record)
@@ -1253,59 +1140,6 @@ class Forwarder:
             keys = [layout.head_key("requests", client, rid)]
         for key in keys:
             await self.store.delete(key)
-
-    def _record(
-        self, client: str, rid: str, attempt: int, request: OpenedRequest | None,
-        outcome: _Outcome, claimed: float, started: float,
-    ) -> dict[str, Any]:
-        """The audit record of one attempt (see :mod:`wonders.audit`)."""
-        record: dict[str, Any] = {
-            "time": iso_time(self.clock()), "forwarder": self.settings.id, "client": client,
-            "id": rid, "attempt": attempt, "method": None, "scheme": None, "host": None,
-            "port": None, "path": None, "decision": outcome.decision,
-            "rule": outcome.rule or None, "status": outcome.status or None,
-            "error": outcome.error or None, "up": outcome.bytes_up,
-            "down": outcome.bytes_down, "queue_ms": None,
-            "upstream_ms": _ms(outcome.upstream_seconds),
-            "total_ms": _ms(time.monotonic() - started),
-            "request_sha256": outcome.request_sha256.hex() if outcome.request_sha256 else None,
-            "response_sha256": (outcome.response_sha256.hex() if outcome.response_sha256
-                                else None),
-            "request_headers": [],
-            "response_headers": redact_headers(outcome.response_headers,
-                                               keep_query=self._keep_query),
-        }
-        if outcome.intent:
-            record["intent"] = True
-        if request is not None:
-            fetched = outcome.url or request.head.url
-            url = urlsplit(fetched)
-            record.update(
-                method=request.head.method, scheme=url.scheme, host=url.hostname,
-                port=url.port or (443 if url.scheme == "https" else 80),
-                path=redact_target(fetched, keep_query=self._keep_query),
-                queue_ms=_ms(claimed - request.issued),
-                request_headers=redact_headers(request.head.headers,
-                                               keep_query=self._keep_query),
-            )
-        if outcome.redirects:
-            record["redirects"] = outcome.redirects
-        return record
-
-    def _log(self, client: str, rid: str, request: OpenedRequest | None, outcome: _Outcome,
-             started: float) -> None:
-        method = request.head.method if request else "-"
-        host = urlsplit(request.head.url).hostname if request else "-"
-        ms = (time.monotonic() - started) * 1000
-        log.info(
-            "id=%s client=%s method=%s host=%s decision=%s status=%s error=%s up=%d down=%d "
-            "ms=%.0f", rid, client, method, host, outcome.decision, outcome.status or "-",
-            outcome.error or "-", outcome.bytes_up, outcome.bytes_down, ms,
-        )
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(max(0.0, seconds) * 1000, 1)
 
 
 def _fair(heads: list[EnvelopeKey]) -> list[EnvelopeKey]:
