@@ -2,7 +2,11 @@
 attempt, its audit record (:func:`_record`) and its log line (:func:`_log`). No I/O here.
 
 ``_record`` and ``_log`` take the exchange as ``self``: they read its ``clock``,
-``settings`` and ``_keep_query``.
+``settings`` and ``_keep_query``. Their bodies are as they were in the forwarder's one
+module (the audit record is being made a dataclass beside this change), so they still
+measure ``total_ms`` with ``time.monotonic()``: the forwarder's default monotonic clock;
+``started`` comes from the forwarder's ``monotonic``, so the two agree unless a caller
+injects another.
 """
 
 from __future__ import annotations
