@@ -18,16 +18,22 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _is_module(dotted: str) -> bool:
+    where = SRC.parent.joinpath(*dotted.split("."))
+    return where.with_suffix(".py").is_file() or (where / "__init__.py").is_file()
+
+
 def _imports(path: Path) -> list[tuple[int, str]]:
-    """Every module an import statement in ``path`` names (``from X import y`` gives X and
-    X.y, as y may be a submodule)."""
+    """Every module an import statement in ``path`` names (``from X import y`` gives X, and
+    X.y where y is a submodule: a private *name* of a module is that module's business)."""
     found: list[tuple[int, str]] = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append((node.lineno, node.module))
-            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names
+                      if _is_module(f"{node.module}.{alias.name}")]
     return found
 
 

@@ -1,4 +1,7 @@
-"""The forwarder's HTTP client: aiohttp, with the address guard in its resolver.
+"""The forwarder's HTTP client: aiohttp, with the address guard in its resolver. The one
+module of the forwarder that imports aiohttp: :class:`AiohttpUpstream` is the default
+:class:`~wonders.relay.forwarder.seam.Upstream`, and converts aiohttp's exceptions into
+the seam's (see :func:`mapped_errors`).
 
 - One session (and connection pool) per client, whose resolver resolves a host, asks
   :meth:`Policy.guard <wonders.policy.Policy.guard>`, and hands aiohttp only the
@@ -6,11 +9,12 @@
   lookup, no DNS rebinding). aiohttp's DNS cache is off, so every connection is checked
   against the current policy. A denied host raises :class:`AddressDenied` and is never
   connected to.
-- aiohttp never calls the resolver for an IP-literal host, so :meth:`Upstream.request`
-  puts every URL in its normalised form (:func:`wonders.policy.parse_target`:
-  ``127。0。0。2`` and ``0x7f.0.0.2`` become ``127.0.0.2``) and asks the guard itself
-  about a literal before aiohttp sees it. A name reaches aiohttp as IDNA ASCII, which
-  aiohttp cannot take for a literal, so it always goes through the resolver.
+- aiohttp never calls the resolver for an IP-literal host, so
+  :meth:`AiohttpUpstream.request` puts every URL in its normalised form
+  (:func:`wonders.policy.parse_target`: ``127。0。0。2`` and ``0x7f.0.0.2`` become
+  ``127.0.0.2``) and asks the guard itself about a literal before aiohttp sees it. A name
+  reaches aiohttp as IDNA ASCII, which aiohttp cannot take for a literal, so it always
+  goes through the resolver.
 - A response head over the limits (:data:`MAX_HEAD_LINE` bytes in a line or header field,
   :data:`MAX_HEADERS` headers) raises :class:`ResponseHeadersTooLarge` as soon as the
   parser passes the limit, not at a timeout.
@@ -23,12 +27,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from ipaddress import IPv6Address, ip_address
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import aiohttp
 import yarl
@@ -36,15 +42,24 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from wonders.crypto import Headers
-from wonders.policy import Decision, Policy, parse_target
-from wonders.relay.headers import strip_hop_by_hop
+from wonders.policy import Policy, parse_target
+from wonders.relay.forwarder.seam import (
+    AddressDenied,
+    BodyBrokeOff,
+    ResponseHeadersTooLarge,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 __all__ = [
     "MAX_HEADERS",
     "MAX_HEAD_LINE",
     "AddressDenied",
+    "AiohttpUpstream",
     "ResponseHeadersTooLarge",
     "Upstream",
+    "mapped_errors",
 ]
 
 _AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
@@ -52,18 +67,6 @@ _AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 #: header field) and headers. aiohttp's defaults, named so they do not change under us.
 MAX_HEAD_LINE = 8190
 MAX_HEADERS = 128
-
-
-class AddressDenied(OSError):
-    """The address guard refused every address a host resolved to."""
-
-    def __init__(self, decision: Decision) -> None:
-        super().__init__(decision.reason)
-        self.decision = decision
-
-
-class ResponseHeadersTooLarge(aiohttp.ClientError):
-    """The upstream's response head is over :data:`MAX_HEAD_LINE` or :data:`MAX_HEADERS`."""
 
 
 def _head_over_limits(exc: BaseException) -> bool:
@@ -116,7 +119,7 @@ class GuardedResolver(AbstractResolver):
         return None
 
 
-class Upstream:
+class AiohttpUpstream:
     """Sessions to the internet, one per client, with the guard and the timeouts."""
 
     def __init__(
@@ -159,15 +162,31 @@ class Upstream:
         url: str,
         headers: Headers,
         body: bytes | AsyncIterable[bytes] | None,
-    ) -> aiohttp.ClientResponse:
+    ) -> AiohttpResponse:
         """Send one request (no redirects followed here); the caller reads and releases
         the response.
 
-        Raises :class:`AddressDenied` for an IP-literal host the guard refuses,
-        ``aiohttp.InvalidURL`` for a URL :func:`~wonders.policy.parse_target`
-        refuses, and :class:`ResponseHeadersTooLarge` for a response head over
-        :data:`MAX_HEAD_LINE` or :data:`MAX_HEADERS`.
+        Raises :class:`AddressDenied` for a host the guard refuses (a literal here, a name
+        in the resolver), :class:`ResponseHeadersTooLarge` for a response head over
+        :data:`MAX_HEAD_LINE` or :data:`MAX_HEADERS`, and the seam's other failures for
+        aiohttp's errors (an :class:`UpstreamError` for a URL
+        :func:`~wonders.policy.parse_target` refuses).
         """
+        with mapped_errors():
+            parsed = self._checked(client, url)
+            present = {name.lower() for name, _ in headers}
+            skip = [h for h in _AUTO_HEADERS if h.lower() not in present]
+            kwargs: dict[str, Any] = {}
+            if body is not None and body != b"":
+                kwargs["data"] = body
+            response = await self._session(client).request(
+                method, parsed, headers=list(headers), allow_redirects=False,
+                skip_auto_headers=skip, **kwargs,
+            )
+        return AiohttpResponse(response)
+
+    def _checked(self, client: str, url: str) -> yarl.URL:
+        """``url`` normalised, as aiohttp will read it; a literal host guarded."""
         try:
             target = parse_target(url)
             parsed = yarl.URL(target.url)
@@ -182,20 +201,7 @@ class Upstream:
             guarded = self._policy().guard(client, target.host.text, [address])
             if guarded.address != address:
                 raise AddressDenied(guarded.decision)
-        present = {name.lower() for name, _ in headers}
-        skip = [h for h in _AUTO_HEADERS if h.lower() not in present]
-        kwargs: dict[str, Any] = {}
-        if body is not None and body != b"":
-            kwargs["data"] = body
-        try:
-            return await self._session(client).request(
-                method, parsed, headers=list(headers), allow_redirects=False,
-                skip_auto_headers=skip, **kwargs,
-            )
-        except aiohttp.ClientResponseError as exc:
-            if _head_over_limits(exc):
-                raise ResponseHeadersTooLarge(exc.message) from exc
-            raise
+        return parsed
 
     async def close(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}
@@ -203,7 +209,57 @@ class Upstream:
             await session.close()
 
 
-def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> Headers:
-    """aiohttp's raw response headers as latin-1 pairs, hop-by-hop removed."""
-    pairs = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
-    return strip_hop_by_hop(pairs)
+#: The name this adapter had before the seam (kept for callers and tests).
+Upstream = AiohttpUpstream
+
+
+@contextlib.contextmanager
+def mapped_errors() -> Iterator[None]:
+    """aiohttp's exceptions from sending a request, as the seam's (the rest pass)."""
+    try:
+        yield
+    except AddressDenied:
+        raise
+    except aiohttp.ClientConnectorError as exc:
+        # a literal is guarded before aiohttp sees it, a name in the resolver
+        if isinstance(exc.os_error, AddressDenied):
+            raise exc.os_error from None
+        raise UpstreamUnreachable(str(exc.os_error)) from exc
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamTimeout(str(exc)) from exc
+    except aiohttp.ClientResponseError as exc:
+        if _head_over_limits(exc):
+            raise ResponseHeadersTooLarge(exc.message) from exc
+        raise UpstreamError(str(exc)) from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(str(exc)) from exc
+
+
+class AiohttpResponse:
+    """An aiohttp response as the seam's :class:`~wonders.relay.forwarder.seam.
+    UpstreamResponse`: raw headers as latin-1 text, body errors as :class:`BodyBrokeOff`."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status: int = response.status
+        self.reason: str = response.reason or ""
+        self.headers: Headers = tuple(
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise BodyBrokeOff(str(exc), timeout=isinstance(exc, TimeoutError)) from exc
+
+    async def close(self) -> None:
+        self._response.release()
+        await self._response.wait_for_close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
