@@ -1,4 +1,4 @@
-"""Run every audit and heartbeat test vector in tests/vectors/audit/ (docs/PROTOCOL.md §9):
+"""Run every audit and heartbeat test vector in tests/vectors/audit/ (docs/PROTOCOL.md §11):
 the code writes the same bytes, and verifies or refuses each object as its file says."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import importlib.util
 import json
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -126,3 +127,23 @@ async def test_chain_vector(path: Path, tmp_path: Path) -> None:
     assert sorted(found, key=key) == sorted(doc["problems"], key=key), doc["description"]
     assert (doc["expect"] == "success") == (not doc["problems"])
     assert result.batches == sum(1 for k in doc["objects"] if k.endswith(".jsonl"))
+
+
+def test_the_protocol_documents_the_vectors_and_domain_strings_of_the_code() -> None:
+    """The examples in docs/PROTOCOL.md §8 are the vectors' objects, and every domain
+    string the forwarder key signs under is the one the document names."""
+    from wonders.relay import audit, records
+
+    text = (Path(__file__).parent.parent.parent / "docs" / "PROTOCOL.md").read_text()
+    examples = re.findall(r"<!-- tests/vectors/(audit/[\w-]+\.json) -->\n```text\n(.*?)```",
+                          text, re.DOTALL)
+    assert {name for name, _ in examples} == {"audit/batch.json", "audit/head.json",
+                                              "audit/heartbeat.json"}
+    for name, shown in examples:
+        stored = base64.b64decode(json.loads((VECTORS_DIR / name).read_text())["object"])
+        assert shown.rstrip("\n") == stored.decode().rstrip("\n"), name
+    domains = [records.HEARTBEAT_DOMAIN, audit._SIGNATURE_DOMAIN, audit._HEAD_DOMAIN,
+               audit._INTENT_DOMAIN]
+    for domain in domains:
+        written = domain.decode().replace("\x00", "\\0").replace("\n", "\\n")
+        assert f'"{written}"' in text, written
