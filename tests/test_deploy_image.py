@@ -184,7 +184,7 @@ def _run_image(image: Image, base: Path, uid: int, gid: int, bucket: str,
                     str(base / "client" / "gpu01.pub")], check=True, capture_output=True)
     with (etc / "forwarder.toml").open("a") as config:
         config.write(f'\n[tuning]\ngrace = 3.0\n\n[audit]\nmailbox = "{audit.as_uri()}"\n')
-    os.chown(etc / "fw1.key", uid, -1)  # the README: sudo chown 10001 forwarder/fw1.key
+    os.chown(etc / "fw1.key", uid, -1)  # docs/operating.md: sudo chown 10001 forwarder/fw1.key
 
     # the container's environment: the Dockerfile's ENV and what compose passes
     compose = yaml.safe_load((ROOT / "minio-compose.yml").read_text())

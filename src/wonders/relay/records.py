@@ -8,9 +8,12 @@ over by creating the next attempt.
 
 **Heartbeats** (``status/forwarders/<forwarder>.json``) are written every few seconds by
 each forwarder and signed with the forwarder key: ``{"body": "<json text>", "signature":
-"<base64 Ed25519 over the body text>"}``. Clients check them (with the pinned forwarder
-bundle) to fail fast when no forwarder is alive; forwarders check each other's to find
-stale claims.
+"<base64 Ed25519 over HEARTBEAT_DOMAIN + the body text>"}``, the body's ``v`` being
+:data:`HEARTBEAT_VERSION`. Clients check them (with the pinned forwarder bundle) to fail
+fast when no forwarder is alive; forwarders check each other's to find stale claims.
+A heartbeat of another version, or signed without the domain string (version 1, as
+earlier builds wrote), does not verify: its forwarder is not seen (``docs/PROTOCOL.md``
+§4.1).
 """
 
 from __future__ import annotations
@@ -20,15 +23,16 @@ import binascii
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Final, Literal
 
 from cryptography.exceptions import InvalidSignature
 
 from wonders.crypto import PrivateKey, PublicBundle
 
 __all__ = [
-    "PING_HOST", "PING_URL", "Claim", "Heartbeat", "Liveness", "parse_claim", "parse_heartbeat",
+    "HEARTBEAT_DOMAIN", "HEARTBEAT_VERSION", "PING_HOST", "PING_URL", "Claim", "Heartbeat",
+    "Liveness", "parse_claim", "parse_heartbeat",
 ]
 
 #: A request to this URL is answered by the forwarder itself (``wonders ping``): a signed
@@ -36,6 +40,14 @@ __all__ = [
 #: (RFC 2606), so no real host can be shadowed.
 PING_HOST = "ping.wonders.invalid"
 PING_URL = f"https://{PING_HOST}/"
+
+#: The heartbeat's format version (its body's ``v``). Version 2 signs over
+#: :data:`HEARTBEAT_DOMAIN` + the body; version 1 signed the body alone.
+HEARTBEAT_VERSION: Final = 2
+#: Domain separation for heartbeat signatures, in the form of the envelope's
+#: (``"wonders1 head\\0"``, ``"wonders1 trailer\\0"``): a heartbeat signature is never
+#: valid as any other object the forwarder key signs, nor the other way round.
+HEARTBEAT_DOMAIN: Final = b"wonders1 heartbeat\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,22 +100,30 @@ class Heartbeat:
     audit: dict[str, Any] = field(default_factory=dict)
 
     def sign(self, key: PrivateKey) -> bytes:
-        body = json.dumps({"v": 1, **asdict(self)}, sort_keys=True)
-        signature = key.signing.sign(body.encode())
+        body = json.dumps({"v": HEARTBEAT_VERSION, **asdict(self)}, sort_keys=True)
+        signature = key.signing.sign(HEARTBEAT_DOMAIN + body.encode())
         doc = {"body": body, "signature": base64.b64encode(signature).decode()}
         return json.dumps(doc, indent=1).encode()
 
 
+_MEMBERS = frozenset(f.name for f in fields(Heartbeat))
+
+
 def parse_heartbeat(data: bytes, signer: PublicBundle) -> Heartbeat | None:
-    """The heartbeat in ``data`` if ``signer`` signed it, else None."""
+    """The heartbeat in ``data`` if ``signer`` signed it (over :data:`HEARTBEAT_DOMAIN` and
+    the body) and it is of :data:`HEARTBEAT_VERSION`, else None. Members it does not know
+    are ignored."""
     try:
         doc = json.loads(data)
         body: str = doc["body"]
-        signer.signing.verify(base64.b64decode(doc["signature"], validate=True), body.encode())
-        fields: dict[str, Any] = json.loads(body)
-        fields.pop("v", None)
-        beat = Heartbeat(**fields)
-    except (ValueError, KeyError, TypeError, binascii.Error, InvalidSignature):
+        signer.signing.verify(base64.b64decode(doc["signature"], validate=True),
+                              HEARTBEAT_DOMAIN + body.encode())
+        members: dict[str, Any] = json.loads(body)
+        if members.get("v") != HEARTBEAT_VERSION:
+            return None
+        beat = Heartbeat(**{k: v for k, v in members.items() if k in _MEMBERS})
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error,
+            InvalidSignature):
         return None
     if beat.kid != signer.kid:
         return None
