@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -387,3 +388,42 @@ async def test_the_command_starts_with_the_signal_dispositions_it_would_have_out
     inside = await isolated(*local(upstream, "--isolate"), *show)
     assert outside.code == inside.code == 0, outside.err + inside.err
     assert inside.out == outside.out
+
+
+async def test_a_command_with_namespaces_of_its_own_cannot_uncover_tmp(
+    upstream: Upstream, outside_tmp: Path
+) -> None:
+    # as root of a user and mount namespace it makes itself, the command may unmount
+    # and bind; the mounts that cover /tmp came from a more privileged namespace and
+    # are locked together with what they cover
+    escape = """
+        import ctypes, json, os, socket, sys
+        libc = ctypes.CDLL(None, use_errno=True)
+        def call(name, *args):
+            return 0 if getattr(libc, name)(*args) == 0 else ctypes.get_errno()
+        def reach(path):
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(path)
+                    return s.recv(64).decode().strip()
+            except OSError as exc:
+                return type(exc).__name__
+        path = sys.argv[1]
+        result = {"unshare": call("unshare", 0x10000000 | 0x00020000)}
+        result["umount"] = call("umount2", b"/tmp", 2)  # MNT_DETACH
+        result["direct"] = reach(path)
+        os.makedirs("/var/tmp/root", exist_ok=True)
+        result["rbind"] = call("mount", b"/", b"/var/tmp/root", None,
+                               ctypes.c_ulong(0x1000 | 0x4000), None)  # MS_BIND | MS_REC
+        result["umount-copy"] = call("umount2", b"/var/tmp/root/tmp", 2)
+        result["copy"] = reach("/var/tmp/root" + path)
+        print(json.dumps(result))
+    """
+    async with unix_server(outside_tmp / "service") as service:
+        outside = _last_json(await isolated(*local(upstream, "--no-isolate"),
+                                            *python(escape), str(service)))
+        assert outside["direct"] == "outside"  # so this test can fail
+        inside = _last_json(await isolated(*local(upstream, "--isolate"),
+                                           *python(escape), str(service)))
+    assert inside == {"unshare": 0, "umount": errno.EINVAL, "direct": "FileNotFoundError",
+                      "rbind": 0, "umount-copy": errno.EINVAL, "copy": "FileNotFoundError"}
