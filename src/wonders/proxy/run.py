@@ -487,9 +487,10 @@ async def run(opts: Options) -> int:
 @click.option("--no-proxy", multiple=True, metavar="HOST",
               help="Another host the command reaches directly (repeatable).")
 @click.option("--isolate/--no-isolate", default=None,
-              help="Run COMMAND in its own network namespace where only the proxy is "
-                   "reachable (no root needed; default: 'isolate' in the client config, "
-                   "else off).")
+              help="Run COMMAND in its own network and mount namespaces where only the "
+                   "proxy is reachable, and socket files in /tmp, /run and "
+                   "$XDG_RUNTIME_DIR are hidden (no root needed; default: 'isolate' in the "
+                   "client config, else off).")
 @click.option("--check", is_flag=True,
               help="Print the environment COMMAND would get (the proxy secret masked), make "
                    "one round trip through the relay, and exit (no COMMAND).")
