@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -427,3 +428,27 @@ async def test_a_command_with_namespaces_of_its_own_cannot_uncover_tmp(
                                            *python(escape), str(service)))
     assert inside == {"unshare": 0, "umount": errno.EINVAL, "direct": "FileNotFoundError",
                       "rbind": 0, "umount-copy": errno.EINVAL, "copy": "FileNotFoundError"}
+
+
+async def test_a_socket_gone_between_the_plan_and_the_mounts_does_not_stop_the_run(
+    tmp_path: Path, elsewhere: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wonders.proxy import isolate
+
+    gone = elsewhere / "control-master.sock"  # in the plan, then no longer there
+    planned = isolate.plan
+
+    def plan_then_lose_it(*args: Any, **kwargs: Any) -> isolate.Plan:
+        layout = planned(*args, **kwargs)
+        covered = kwargs["covered"]
+        return isolate.Plan((*layout.mounts, isolate.Bind(covered, str(gone))), layout.env,
+                            layout.cwd)
+
+    monkeypatch.setattr(isolate, "plan", plan_then_lose_it)
+    marker = elsewhere / "ran"
+    child, listener = await isolate.spawn(["touch", str(marker)], dict(os.environ), 0,
+                                          work=tmp_path)
+    assert listener is not None
+    listener.close()
+    assert await asyncio.wait_for(child.wait(), 60) == 0
+    assert marker.exists()

@@ -50,7 +50,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from wonders.errors import WondersError
 
@@ -371,12 +371,14 @@ def _apply(mounts: Sequence[Mount], sources: dict[str, int]) -> None:
                 fd = sources[mount.source]
                 if mount.make:
                     _make_mountpoint(mount.target, fd)
+                elif not os.path.lexists(mount.target):
+                    continue  # gone since the plan (an ssh ControlMaster that ended)
                 _mount(f"/proc/self/fd/{fd}", mount.target, None, MS_BIND | MS_REC)
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, exc.filename or where) from None
 
 
-def _fail(line: str) -> None:
+def _fail(line: str) -> NoReturn:
     sys.stderr.write(f"wonder-run: --isolate: {line}\n")
     os._exit(UNAVAILABLE)
 
