@@ -18,7 +18,7 @@ the previous batch object (``""`` for batch 0), so removing, editing, reordering
 inserting a batch breaks the chain or a signature. ``audit/head/<forwarder>.json`` names
 the newest batch (signed too): a restarted forwarder continues from it, and a verifier
 uses it to notice batches missing at the end of a chain. An object-locked bucket makes the
-log not just tamper-evident but tamper-proof (see the README).
+log not just tamper-evident but tamper-proof (see docs/audit.md).
 
 :class:`AuditWriter` buffers records and writes a batch every ``interval`` seconds or
 ``batch_records`` records. When the store fails it keeps the records and retries; it

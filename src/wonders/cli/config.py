@@ -136,7 +136,7 @@ def load_forwarder_config(path: str | Path) -> ForwarderConfig:
     source = Path(path)
     tuning_keys = [f.name for f in dataclasses.fields(ForwarderSettings) if f.name != "id"]
     doc = Table.load(source, keys=_KEYS,
-                     hint=" (see the README for a forwarder config)")
+                     hint=" (see docs/forwarder.md for a forwarder config)")
     forwarder_id = doc.string("id", None) or _default_id()
     try:
         check_name(forwarder_id)

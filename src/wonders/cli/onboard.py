@@ -29,7 +29,7 @@ __all__ = ["clients", "init"]
 
 _POLICY_SKELETON = """\
 # The egress policy of forwarder {name}: deny by default; a request goes out only if its
-# client has an entry below and an allow rule matches. Keys: see the README.
+# client has an entry below and an allow rule matches. Keys: see docs/policy.md.
 # Add clients with: wonders clients add NAME.pub --allow HOST ...
 # After editing, reload a running forwarder with SIGHUP (or restart it).
 

@@ -129,7 +129,7 @@ class DirectoryStore:
         return (f"as the owner of the files (or root) run: chgrp -R {group} {root} && "
                 f"chmod -R g+rwX,o-rwx {root} && find {root} -type d -exec chmod g+s {{}} +  "
                 "(every user of the mailbox must be in that group; see 'A shared directory' "
-                "in the README)")
+                "in docs/operating.md)")
 
     def _error(self, action: str, key: str, exc: OSError) -> StoreError:
         cause = exc.strerror or str(exc)

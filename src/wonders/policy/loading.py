@@ -161,7 +161,7 @@ def parse_policy(text: str, *, source: str = "<policy>", base: Path | None = Non
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Load a policy file (see the README for its keys)."""
+    """Load a policy file (see docs/policy.md for its keys)."""
     p = Path(path)
     text = read_file(p, what="policy file", error=PolicyError)
     return parse_policy(text, source=str(p), base=p.parent)
