@@ -35,7 +35,7 @@ from wonders.errors import ConfigError, WondersError
 from wonders.mailbox import DirectoryStore, Store, open_store
 from wonders.policy import AddressEntry, AnyHost, ClientPolicy, Policy
 from wonders.proxy.ca import ca_dir, check_ca_key, write_trust_bundle
-from wonders.proxy.isolate import IsolationRefused, IsolationUnavailable
+from wonders.proxy.isolate import IsolationUnavailable
 from wonders.relay.client import RelayClient
 from wonders.text import SafeFormatter
 
@@ -254,19 +254,14 @@ def _in_foreground() -> bool:
 
 
 async def _run_child(command: list[str], env: dict[str, str], say: Callable[[str], None],
-                     *, isolate_port: int | None = None, work: Path | None = None,
-                     keep: Sequence[Path] = ()) -> int:
-    """Run the command to its end; with ``isolate_port``, in its own network and mount
-    namespaces whose only way out is the proxy on that port (see
-    :mod:`wonders.proxy.isolate`; ``work`` is the run's private directory, ``keep`` the
-    files in it the command reads)."""
+                     *, isolate_port: int | None = None) -> int:
+    """Run the command to its end; with ``isolate_port``, in its own network namespace
+    whose only way out is the proxy on that port (see :mod:`wonders.proxy.isolate`)."""
     piping: asyncio.Task[None] | None = None
     if isolate_port is not None:
         from wonders.proxy import isolate
 
-        assert work is not None
-        child, listener = await isolate.spawn(command, env, isolate_port, work=work,
-                                              keep=keep)
+        child, listener = await isolate.spawn(command, env, isolate_port)
         if listener is None:
             code = await child.wait()
             if code == isolate.UNAVAILABLE:
@@ -366,8 +361,7 @@ async def run(opts: Options) -> int:
                 if warning:
                     opts.say(warning)
                 code = await _run_child(command_line(opts.command), env, opts.say,
-                                        isolate_port=port if opts.isolate else None,
-                                        work=work, keep=[bundle, Path(env["WGETRC"])])
+                                        isolate_port=port if opts.isolate else None)
             finally:
                 master.shutdown()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -399,10 +393,9 @@ async def run(opts: Options) -> int:
 @click.option("--no-proxy", multiple=True, metavar="HOST",
               help="Another host the command reaches directly (repeatable).")
 @click.option("--isolate/--no-isolate", default=None,
-              help="Run COMMAND in its own network and mount namespaces where only the "
-                   "proxy is reachable, and socket files in /tmp, /run and "
-                   "$XDG_RUNTIME_DIR are hidden (no root needed; default: 'isolate' in the "
-                   "client config, else off).")
+              help="Run COMMAND in its own network namespace where only the proxy is "
+                   "reachable (no root needed; default: 'isolate' in the client config, "
+                   "else off).")
 @click.option("--check", is_flag=True,
               help="Print the environment COMMAND would get (the proxy secret masked), make "
                    "one round trip through the relay, and exit (no COMMAND).")
@@ -440,9 +433,6 @@ def main(config_file: Path | None, local: bool, allow_private: bool, upstream_ca
         code = asyncio.run(run(opts))
     except IsolationUnavailable:
         sys.exit(2)  # the one line saying why is written; the command did not run
-    except IsolationRefused as exc:
-        click.echo(f"wonder-run: --isolate: {exc}", err=True)
-        sys.exit(2)  # the command did not run
     except WondersError as exc:
         click.echo(f"wonder-run: error: {exc}", err=True)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)
